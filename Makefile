@@ -1,0 +1,26 @@
+# The README's two commands. Both install what they need on a fresh machine first.
+#   make demo   the main job end to end on the embedded corpus (CPU, a few minutes)
+#   make test   install and run the whole test suite (CI runs exactly this)
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-12)
+
+.PHONY: demo test install lint clean-demo
+
+$(STAMP):
+	bash scripts/install.sh
+	rm -f .venv/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra --durations=15
+
+lint: $(STAMP)
+	.venv/bin/ruff check prealign_scale data_tools launchers tests benchmarks
+
+clean-demo:
+	rm -rf runs/demo

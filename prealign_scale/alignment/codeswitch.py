@@ -1,0 +1,209 @@
+"""Input-only code-switching of one document (METHOD.md §3): a pure function of (seed, document id, word index).
+
+Given a document's token ids and its word segmentation (from the tokenizer's own pre-tokenizer, i.e. from
+the text, never guessed from subword prefixes), every dictionary-covered word is replaced, independently with
+probability ``p``, by one of its translations chosen uniformly. The result is the switched token sequence and
+a parallel *label* array used to build next-token targets:
+
+- ``labels[t] = input_ids[t]`` for ordinary tokens;
+- ``labels[t] = first token of the ORIGINAL word`` if ``t`` is the first token of a switched word;
+- ``labels[t] = -100`` if ``t`` is a later token of a switched word.
+
+The target stored for position ``t`` is then ``labels[t + 1]`` (done by the packer), so the model reads the
+switched word but is trained to predict the original one, and is never trained to emit switched tokens.
+
+Randomness: ``u = rng.random(n_words)`` decides "switch?" (``u[k] < p``) and ``c = rng.random(n_words)``
+picks the translation (``floor(c[k] * n_translations)``), with ``rng`` seeded from (seed, document id) only.
+The k-th draw depends only on (seed, doc id, k), whatever the rest of the document or the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from prealign_scale.alignment.table import ALIGN, AlignmentTable
+from prealign_scale.data.shard_format import IGNORE_INDEX
+
+SPACE_MARKERS = ("Ġ", "▁", " ")
+
+
+class Switcher(Protocol):
+    """What a dictionary offers the switcher: the translations (token tuples) of one source word."""
+
+    def translations(self, word: str, token_ids: tuple[int, ...], leading_space: bool) -> list[tuple[int, ...]]:
+        ...
+
+
+def leading_space_mask(tokenizer) -> np.ndarray:
+    """bool[V]: token id starts with a word-boundary space (byte-level 'Ġ' or SentencePiece '▁')."""
+    vocab = tokenizer.get_vocab()
+    mask = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    for tok, i in vocab.items():
+        mask[i] = tok.startswith(SPACE_MARKERS)
+    return mask
+
+
+class DictionarySwitcher:
+    """Translations from an alignment table: lower-cased match on the source word, target as given.
+
+    Only entries of the table's ``align`` part are used by default, so that held-out words stay unseen by both
+    phases (the unseen-word probes test generalisation).
+    """
+
+    def __init__(self, table: AlignmentTable, tokenizer, source_lang: str, include_heldout: bool = False):
+        self._tok = tokenizer  # a `tokenizers.Tokenizer` (fast) or a transformers tokenizer
+        self._targets: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        for e in table.entries:
+            if e.split != ALIGN and not include_heldout:
+                continue
+            for w, lang in zip(e.words, e.langs):
+                if lang != source_lang:
+                    continue
+                key = w.lower()
+                outs = self._targets.setdefault(key, [])
+                for w2, lang2, toks2 in zip(e.words, e.langs, e.tokens):
+                    if lang2 != source_lang and w2.lower() != key and (w2, toks2) not in outs:
+                        outs.append((w2, toks2))
+        self._targets = {k: v for k, v in self._targets.items() if v}
+        self._no_space_cache: dict[str, tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def covers(self, word: str) -> bool:
+        return word.lower() in self._targets
+
+    def translations(self, word, token_ids, leading_space):
+        outs = self._targets.get(word.lower())
+        if not outs:
+            return []
+        if leading_space:  # the table stores mid-sentence (leading-space) forms
+            return [toks for _, toks in outs]
+        # Word at document start or after a bracket: use the target's form without the space.
+        return [self._no_space(w) for w, _ in outs]
+
+    def _no_space(self, word: str) -> tuple[int, ...]:
+        ids = self._no_space_cache.get(word)
+        if ids is None:
+            enc = self._tok.encode(word, add_special_tokens=False)
+            ids = tuple(enc.ids if hasattr(enc, "ids") else enc)
+            self._no_space_cache[word] = ids
+        return ids
+
+
+class CloneSwitcher:
+    """English-Clone: a word is covered when all its token ids are in the dictionary's id set; its
+    translation is its own tokens shifted into the Clone half (t -> t + V)."""
+
+    def __init__(self, table: AlignmentTable, include_heldout: bool = False):
+        self.offset = table.vocab_offset
+        if self.offset <= 0:
+            raise ValueError("CloneSwitcher needs a clone table (meta.vocab_offset = V > 0)")
+        self.covered = np.zeros(self.offset, dtype=bool)
+        for e in table.entries:
+            if e.split == ALIGN or include_heldout:
+                for toks in e.tokens:
+                    for t in toks:
+                        if t < self.offset:
+                            self.covered[t] = True
+
+    def translations(self, word, token_ids, leading_space):
+        if all(self.covered[t] for t in token_ids):
+            return [tuple(t + self.offset for t in token_ids)]
+        return []
+
+
+def doc_rng(seed: int, doc_id: str) -> np.random.Generator:
+    """The random stream of one document: a pure function of (seed, document id)."""
+    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=16).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32).tolist())
+
+
+@dataclass
+class SwitchedDoc:
+    input_ids: np.ndarray  # int64 switched tokens
+    labels: np.ndarray  # int64, see module docstring
+    switch_starts: np.ndarray  # int64 positions (in input_ids) of the first token of each switched word
+
+    @property
+    def n_switched(self) -> int:
+        return int(self.switch_starts.size)
+
+
+def switch_document(
+    ids: np.ndarray,
+    word_ids: np.ndarray,
+    text: str,
+    offsets: np.ndarray,
+    switcher: Switcher | None,
+    p: float,
+    seed: int,
+    doc_id: str,
+    space_mask: np.ndarray | None = None,
+) -> SwitchedDoc:
+    """Code-switch one tokenised document.
+
+    ids: int array [n] of token ids; word_ids: int array [n], the pre-tokenizer word index of every token
+    (non-decreasing); offsets: int array [n, 2] of character spans in `text`; space_mask: bool[V] from
+    :func:`leading_space_mask` (else a space before the word in `text` decides).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    n = ids.size
+    if n == 0 or switcher is None or p <= 0.0:
+        return SwitchedDoc(ids, ids.copy(), np.zeros(0, dtype=np.int64))
+    word_ids = np.asarray(word_ids, dtype=np.int64)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(word_ids)) + 1))
+    ends = np.append(starts[1:], n)
+    n_words = starts.size
+    rng = doc_rng(seed, doc_id)
+    u = rng.random(n_words)
+    c = rng.random(n_words)
+
+    pieces_ids, pieces_lab, switch_starts = [], [], []
+    prev = 0  # next original token not yet copied
+    out_len = 0
+    for k in np.flatnonzero(u < p):  # candidates only: a few percent of the words
+        a, b = int(starts[k]), int(ends[k])
+        word = text[int(offsets[a, 0]) : int(offsets[b - 1, 1])]
+        if not word or not any(ch.isalpha() for ch in word):
+            continue
+        orig = tuple(int(t) for t in ids[a:b])
+        if space_mask is not None and orig[0] < space_mask.size:
+            lead = bool(space_mask[orig[0]])
+        else:
+            lead = offsets[a, 0] > 0 and text[int(offsets[a, 0]) - 1].isspace()
+        options = switcher.translations(word.strip(), orig, lead)
+        if not options:
+            continue
+        new = np.asarray(options[int(c[k] * len(options))], dtype=np.int64)
+        # copy the untouched stretch before the word, then the switched word
+        pieces_ids.append(ids[prev:a])
+        pieces_lab.append(ids[prev:a])
+        out_len += a - prev
+        lab = np.full(new.size, IGNORE_INDEX, dtype=np.int64)
+        lab[0] = orig[0]  # the position before predicts the ORIGINAL word's first token
+        pieces_ids.append(new)
+        pieces_lab.append(lab)
+        switch_starts.append(out_len)
+        out_len += new.size
+        prev = b
+    if not switch_starts:
+        return SwitchedDoc(ids, ids.copy(), np.zeros(0, dtype=np.int64))
+    pieces_ids.append(ids[prev:])
+    pieces_lab.append(ids[prev:])
+    return SwitchedDoc(
+        np.concatenate(pieces_ids), np.concatenate(pieces_lab), np.asarray(switch_starts, dtype=np.int64)
+    )
+
+
+def make_switcher(table: AlignmentTable | None, tokenizer, source_lang: str, include_heldout: bool = False):
+    """The switcher a table calls for: Clone tables shift ids, dictionary tables look words up."""
+    if table is None:
+        return None
+    if table.meta.get("kind") == "clone":
+        return CloneSwitcher(table, include_heldout)
+    return DictionarySwitcher(table, tokenizer, source_lang, include_heldout)

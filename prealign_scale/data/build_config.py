@@ -1,0 +1,205 @@
+"""The shard builder's typed config and its validation (everything checked before any work starts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+class BuildError(ValueError):
+    """Bad input to the shard builder: the message says what, where and how to fix it."""
+
+
+@dataclass
+class BuildConfig:
+    corpora: dict[str, list[str]]  # language tag -> corpus files (plain text or JSONL, optionally .gz/.zst)
+    tokenizer: str  # tokenizer folder (data_tools/train_tokenizer.py)
+    table: str | None = None  # alignment table folder (data_tools/build_table.py or make_english_clone.py)
+    mixture: dict[str, float] | None = None  # token-ratio weights per language; None = every document
+    p: float = 0.05  # probability of switching each dictionary-covered word
+    switch_langs: list[str] | None = None  # languages whose documents are code-switched (default: the first)
+    clone_langs: list[str] = field(default_factory=list)  # languages rendered as English-Clone (ids + V)
+    include_heldout: bool = False  # also switch the table's held-out words (default: keep them unseen)
+    seed: int = 0
+    seq_len: int = 512
+    total_tokens: int | None = None  # cap on the mixture's tokens (error if it cannot be met)
+    samples_per_shard: int = 1000
+    shard_multiple: int = 1  # shard count is a multiple of this (ranks x loader workers)
+    docs_per_chunk: int = 256  # unit of work (and of resume) of the tokenise+switch stage
+    text_field: str = "text"
+    corpus_format: str | None = None  # lines | paragraphs | jsonl; None = from the extension
+
+    def resolved_switch_langs(self) -> list[str]:
+        if self.switch_langs is not None:
+            return list(self.switch_langs)
+        first = next(iter(self.corpora), None)
+        return [first] if first is not None and first not in self.clone_langs else []
+
+    def normalized_mixture(self) -> dict[str, float] | None:
+        if self.mixture is None:
+            return None
+        total = sum(self.mixture.values())
+        return {lang: w / total for lang, w in sorted(self.mixture.items())}
+
+    def to_manifest(self) -> dict:
+        d = asdict(self)
+        d["switch_langs"] = self.resolved_switch_langs()
+        d["mixture"] = self.normalized_mixture()
+        return d
+
+    def fingerprint(self) -> str:
+        """Identity of a build: the config plus the size of every input (a resume must see the same)."""
+        sizes = {p: _size(p) for paths in self.corpora.values() for p in paths}
+        for folder, name in ((self.tokenizer, "tokenizer.json"), (self.table, "entries.jsonl")):
+            if folder:
+                sizes[str(Path(folder) / name)] = _size(Path(folder) / name)
+        blob = json.dumps({"config": self.to_manifest(), "inputs": sizes}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+@dataclass
+class Prepared:
+    """What the validated config resolves to (per process, cached)."""
+
+    contexts: dict  # lang -> doc_chunks.ChunkContext
+    vocab_size: int
+    clone_offset: int
+    eos_id: int
+    pad_id: int | None
+    tokenizer_sha256: str
+    dictionary_sha256: str | None
+
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def prepare(cfg: BuildConfig) -> Prepared:
+    """Validate `cfg` and load the tokenizer and table; raise BuildError naming the bad field or file."""
+    key = cfg.fingerprint()
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[key] = _prepare(cfg)
+    return _PREPARED[key]
+
+
+def _prepare(cfg: BuildConfig) -> Prepared:
+    from prealign_scale.alignment.codeswitch import leading_space_mask, make_switcher
+    from prealign_scale.alignment.table import AlignmentTable
+    from prealign_scale.data.corpus import CorpusError, check_corpus
+    from prealign_scale.data.doc_chunks import ChunkContext
+    from prealign_scale.data.tokenizer import load_tokenizer, tokenizer_sha256
+
+    _check_numbers(cfg)
+    if not cfg.corpora:
+        raise BuildError("corpora: at least one corpus is needed (lang=path)")
+    for lang, paths in cfg.corpora.items():
+        if not paths:
+            raise BuildError(f"corpora.{lang}: no files given")
+        for path in paths:
+            try:
+                check_corpus(path, text_field=cfg.text_field, fmt=cfg.corpus_format)
+            except CorpusError as exc:
+                raise BuildError(f"corpora.{lang}: {exc}") from exc
+    unknown = [x for x in (cfg.clone_langs or []) + (cfg.switch_langs or []) if x not in cfg.corpora]
+    if unknown:
+        raise BuildError(f"switch_langs/clone_langs: {unknown} have no corpus (corpora: {sorted(cfg.corpora)})")
+    if set(cfg.resolved_switch_langs()) & set(cfg.clone_langs):
+        raise BuildError("switch_langs: a Clone language cannot be code-switched (it is the target side)")
+    if cfg.mixture is not None:
+        if set(cfg.mixture) != set(cfg.corpora):
+            raise BuildError(f"mixture: languages {sorted(cfg.mixture)} must equal corpora {sorted(cfg.corpora)}")
+        bad = {k: w for k, w in cfg.mixture.items() if not (isinstance(w, (int, float)) and w > 0)}
+        if bad:
+            raise BuildError(f"mixture: weights must be positive numbers, got {bad}")
+        if cfg.total_tokens is not None:
+            _check_bytes_bound(cfg)
+
+    try:
+        hf_tok = load_tokenizer(cfg.tokenizer)
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"tokenizer: {exc}") from exc
+    if hf_tok.eos_token_id is None:
+        raise BuildError(f"tokenizer: {cfg.tokenizer} has no eos token (retrain with --eos)")
+    tok = hf_tok.backend_tokenizer
+    tok_sha = tokenizer_sha256(cfg.tokenizer)
+    V = len(hf_tok)
+
+    table = None
+    if cfg.table:
+        try:
+            table = AlignmentTable.load(cfg.table)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"table: {exc}") from exc
+        want = table.meta.get("tokenizer_sha256")
+        if want and want != tok_sha:
+            raise BuildError(f"table: {cfg.table} was built with another tokenizer (sha256 {want[:12]}...) "
+                             f"than {cfg.tokenizer} ({tok_sha[:12]}...): rebuild the table with this tokenizer")
+        is_clone_table = table.meta.get("kind") == "clone"
+        if is_clone_table and table.vocab_offset != V:
+            raise BuildError(f"table: Clone offset {table.vocab_offset} != tokenizer size {V}")
+        limit = 2 * V if is_clone_table else V
+        worst = max(t for e in table.entries for toks in e.tokens for t in toks)
+        if worst >= limit:
+            raise BuildError(f"table: token id {worst} out of range for vocabulary {limit}: tokenizer mismatch")
+        if cfg.clone_langs and not is_clone_table:
+            raise BuildError("table: clone_langs need a Clone table (data_tools/make_english_clone.py)")
+    clone_offset = V if cfg.clone_langs or (table is not None and table.meta.get("kind") == "clone") else 0
+
+    space_mask = leading_space_mask(tok)
+    switcher = make_switcher(table, tok, _source_lang(cfg, table), cfg.include_heldout) if cfg.p > 0 else None
+    contexts = {}
+    for lang in cfg.corpora:
+        contexts[lang] = ChunkContext(
+            tokenizer=tok,
+            switcher=switcher if lang in cfg.resolved_switch_langs() else None,
+            p=cfg.p,
+            seed=cfg.seed,
+            eos_id=int(hf_tok.eos_token_id),
+            clone_offset=V if lang in cfg.clone_langs else 0,
+            space_mask=space_mask,
+        )
+    return Prepared(contexts, V + clone_offset, clone_offset, int(hf_tok.eos_token_id), hf_tok.pad_token_id,
+                    tok_sha, table.sha256() if table is not None else None)
+
+
+def _source_lang(cfg: BuildConfig, table) -> str:
+    if table is not None and table.meta.get("source_lang"):
+        return table.meta["source_lang"]
+    langs = cfg.resolved_switch_langs()
+    return langs[0] if langs else "src"
+
+
+def _check_numbers(cfg: BuildConfig) -> None:
+    checks = [
+        ("p", 0.0 <= cfg.p <= 1.0, "a probability in [0, 1]"),
+        ("seq_len", isinstance(cfg.seq_len, int) and 2 <= cfg.seq_len <= 65535, "an integer in [2, 65535]"),
+        ("samples_per_shard", isinstance(cfg.samples_per_shard, int) and cfg.samples_per_shard >= 1, "an integer >= 1"),
+        ("shard_multiple", isinstance(cfg.shard_multiple, int) and cfg.shard_multiple >= 1, "an integer >= 1"),
+        ("docs_per_chunk", isinstance(cfg.docs_per_chunk, int) and cfg.docs_per_chunk >= 1, "an integer >= 1"),
+        ("total_tokens", cfg.total_tokens is None or cfg.total_tokens > 0, "a positive integer"),
+    ]
+    for name, ok, what in checks:
+        if not ok:
+            raise BuildError(f"{name}: must be {what}, got {getattr(cfg, name)!r}")
+
+
+def _check_bytes_bound(cfg: BuildConfig) -> None:
+    """A byte-level BPE makes at most one token per byte: a quota above a corpus's bytes cannot be met."""
+    mix = cfg.normalized_mixture()
+    for lang, paths in cfg.corpora.items():
+        if any(str(p).endswith((".gz", ".zst")) for p in paths):
+            continue  # compressed: the size says nothing certain; checked exactly after tokenisation
+        n_bytes = sum(_size(p) for p in paths)
+        need = mix[lang] * cfg.total_tokens
+        if need > n_bytes:
+            raise BuildError(f"mixture: {lang} needs {int(need):,} tokens of total_tokens={cfg.total_tokens:,} "
+                             f"but its files hold only {n_bytes:,} bytes")

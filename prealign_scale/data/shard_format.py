@@ -1,0 +1,108 @@
+"""The shard sample format and the manifest schema: the one place that defines the on-disk contract.
+
+Used by the shard writer, the training reader, the verifier and the tests. Documented in docs/formats.md.
+
+A shard is a WebDataset tar file ``shard-000042.tar``. Each sample has the key ``"{shard:06d}-{index:06d}"``
+and four members:
+
+- ``input_ids.bin``: uint32 little-endian, ``seq_len`` values: the (code-switched) model input.
+- ``targets.bin``: int32 little-endian, ``seq_len`` values: the next-token target of every position,
+  ``-100`` where no loss is taken. Targets are stored explicitly (input-only code-switching: a switched
+  word is never a target; the target at the position before it is the ORIGINAL word's first token).
+  Readers use them as they are: no label shift.
+- ``segments.bin``: uint16 little-endian, ``seq_len`` values: the index, within the sample, of the document
+  each input token belongs to (0, 1, 2, ...). The EOS that ends a document belongs to that document.
+- ``meta.json``: ``{"langs": [...], "doc_ids": [...], "switched_words": n}``: the language and source
+  document id of each segment, and the number of switched words whose first token is in this sample.
+
+``manifest.json`` (next to the shards) holds the build config, hashes, and one record per shard.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = -100
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+INPUT_DTYPE = np.dtype("<u4")
+TARGET_DTYPE = np.dtype("<i4")
+SEGMENT_DTYPE = np.dtype("<u2")
+MEMBERS = ("input_ids.bin", "targets.bin", "segments.bin", "meta.json")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sample_key(shard: int, index: int) -> str:
+    return f"{shard:06d}-{index:06d}"
+
+
+@dataclass
+class Sample:
+    """One packed training sample (numpy arrays of length seq_len)."""
+
+    input_ids: np.ndarray  # uint32
+    targets: np.ndarray  # int32, IGNORE_INDEX = no loss
+    segments: np.ndarray  # uint16
+    langs: list[str]
+    doc_ids: list[str]
+    switched_words: int
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def loss_tokens(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+def encode_sample(key: str, s: Sample) -> dict:
+    """Sample -> the dict that ``webdataset.ShardWriter.write`` takes (bytes values)."""
+    n = s.seq_len
+    if not (s.targets.shape == s.segments.shape == (n,)):
+        raise ValueError(f"sample {key}: input_ids, targets and segments must all have length {n}")
+    n_segments = int(s.segments.max()) + 1 if n else 0
+    if len(s.langs) != n_segments or len(s.doc_ids) != n_segments:
+        raise ValueError(f"sample {key}: {n_segments} segments but {len(s.langs)} langs / {len(s.doc_ids)} doc ids")
+    meta = {"langs": list(s.langs), "doc_ids": list(s.doc_ids), "switched_words": int(s.switched_words)}
+    return {
+        "__key__": key,
+        "input_ids.bin": np.ascontiguousarray(s.input_ids, dtype=INPUT_DTYPE).tobytes(),
+        "targets.bin": np.ascontiguousarray(s.targets, dtype=TARGET_DTYPE).tobytes(),
+        "segments.bin": np.ascontiguousarray(s.segments, dtype=SEGMENT_DTYPE).tobytes(),
+        "meta.json": json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode(),
+    }
+
+
+class SampleFormatError(ValueError):
+    pass
+
+
+def decode_sample(d: dict, seq_len: int | None = None) -> Sample:
+    """The raw dict that ``webdataset.WebDataset`` yields (bytes values) -> Sample.
+
+    Raises SampleFormatError naming the shard (``__url__``) and key when a member is missing or malformed.
+    """
+    where = f"{d.get('__url__', '?')}: sample {d.get('__key__', '?')}"
+    missing = [m for m in MEMBERS if m not in d]
+    if missing:
+        raise SampleFormatError(f"{where}: missing member(s) {missing}")
+    try:
+        ids = np.frombuffer(d["input_ids.bin"], dtype=INPUT_DTYPE)
+        tgt = np.frombuffer(d["targets.bin"], dtype=TARGET_DTYPE)
+        seg = np.frombuffer(d["segments.bin"], dtype=SEGMENT_DTYPE)
+        meta = json.loads(d["meta.json"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SampleFormatError(f"{where}: undecodable member: {exc}") from exc
+    if not (ids.shape == tgt.shape == seg.shape):
+        raise SampleFormatError(f"{where}: member lengths differ ({ids.size}, {tgt.size}, {seg.size})")
+    if seq_len is not None and ids.size != seq_len:
+        raise SampleFormatError(f"{where}: {ids.size} tokens, expected seq_len={seq_len}")
+    return Sample(ids, tgt, seg, meta["langs"], meta["doc_ids"], int(meta["switched_words"]))

@@ -1,0 +1,381 @@
+"""The phase-2 training reader: WebDataset shards -> exactly resumable micro-batches, per data-parallel rank.
+
+Order of samples (a pure function of the manifest, ``seed``, ``dp_rank``, ``dp_world_size``, ``num_workers``
+and ``micro_batch_size``):
+
+1. Epoch ``e`` visits all shards in an order that is a pure function of ``(seed, e)``
+   (:func:`epoch_shard_order`; manifest order when ``shuffle_shards=False``).
+2. Rank ``r`` of ``R`` takes ``order[r::R]``; its reader ``w`` of ``n = max(1, num_workers)`` takes
+   ``order[r::R][w::n]``, i.e. ``K = shards / (R * n)`` shards, read in that order, samples in tar order.
+3. Each reader cuts its sample stream of the epoch into micro-batches of ``micro_batch_size`` and **drops the
+   incomplete last batch** (``K * samples_per_shard % micro_batch_size`` samples per reader and epoch), so
+   every reader yields exactly ``B = K * samples_per_shard // micro_batch_size`` batches per epoch.
+4. The DataLoader hands out batches round-robin over its workers, so batch ``i`` of an epoch on a rank is
+   batch ``i // n`` of reader ``i % n``; a rank yields ``n * B`` batches per epoch. Iteration is infinite.
+
+Because every reader's stream is deterministic, resuming is arithmetic: at position (epoch, c) reader ``w``
+has delivered ``#{i < c : i % n == w}`` batches; it skips whole shards without opening them and reads past
+the rest of the samples it skips inside a shard. The resumed DataLoader's worker ``p`` plays reader
+``(p + c) % n``, so its round-robin continues with reader ``c % n`` exactly as the old one would have.
+
+Corrupt data: a shard that cannot be read completely (truncated, bad member) raises
+:class:`ShardCorruptError` naming the shard and the sample key. With ``skip_corrupt=True`` each unreadable
+sample becomes a *padding row* instead (``input_ids`` = EOS, ``targets`` all ``-100``, ``segments`` 0), so
+batch shapes and all positions stay fixed (resume stays exact); the batch's ``skipped`` field counts them and
+:attr:`ShardLoader.skipped_samples` sums them on this rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from prealign_scale.data.shard_format import (
+    FORMAT_VERSION,
+    IGNORE_INDEX,
+    MANIFEST_NAME,
+    SampleFormatError,
+    decode_sample,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ShardCorruptError(RuntimeError):
+    """A shard is truncated or holds an undecodable sample (the message names the shard and the key)."""
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def load_manifest(shard_dir: str | Path) -> dict:
+    """Read and check ``manifest.json`` of a shard folder (the fields the reader relies on)."""
+    shard_dir = Path(shard_dir)
+    path = shard_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{shard_dir}: no {MANIFEST_NAME} in this folder; is it a shard folder written by build_shards?"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    for key in ("format_version", "seq_len", "languages", "eos_id", "shards"):
+        if key not in manifest:
+            raise ValueError(f"{path}: missing field {key!r}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {manifest['format_version']}, this reader reads {FORMAT_VERSION}")
+    shards = manifest["shards"]
+    if not isinstance(shards, list) or not shards:
+        raise ValueError(f"{path}: field 'shards' must be a non-empty list")
+    counts = {int(s["samples"]) for s in shards}
+    if len(counts) != 1:
+        raise ValueError(f"{path}: shards have different sample counts {sorted(counts)}; the reader needs equal ones")
+    if counts.pop() <= 0:
+        raise ValueError(f"{path}: shards must hold at least one sample")
+    for i, s in enumerate(shards):
+        if not (shard_dir / s["name"]).is_file():
+            raise FileNotFoundError(f"{path}: shards[{i}] {s['name']!r} is missing from {shard_dir}")
+    return manifest
+
+
+def epoch_shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """Shard indices in the order epoch ``epoch`` visits them: a pure function of (seed, epoch)."""
+    if not shuffle:
+        return list(range(n_shards))
+
+    def rank(i: int) -> bytes:
+        return hashlib.blake2b(f"{seed}/{epoch}/{i}".encode(), digest_size=8).digest()
+
+    return sorted(range(n_shards), key=rank)
+
+
+def position_ids_from_segments(segments: np.ndarray) -> np.ndarray:
+    """Position of every token within its document: restarts at 0 where the segment id changes (last axis)."""
+    seq_len = segments.shape[-1]
+    idx = np.broadcast_to(np.arange(seq_len, dtype=np.int64), segments.shape)
+    start = np.ones(segments.shape, dtype=bool)
+    start[..., 1:] = segments[..., 1:] != segments[..., :-1]
+    return idx - np.maximum.accumulate(np.where(start, idx, 0), axis=-1)
+
+
+def attention_mask_from_segments(segments: torch.Tensor) -> torch.Tensor:
+    """[b, s] segment ids -> BoolTensor [b, 1, s, s], True = blocked (megatron's convention).
+
+    Query i may attend key j iff j <= i and both lie in the same document.
+    """
+    s = segments.shape[-1]
+    future = torch.ones(s, s, dtype=torch.bool, device=segments.device).triu(1)
+    other_doc = segments[:, :, None] != segments[:, None, :]
+    return (future[None] | other_doc)[:, None]
+
+
+def causal_mask(b: int, s: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """BoolTensor [b, 1, s, s], True = blocked: plain causal attention (no document restriction)."""
+    future = torch.ones(s, s, dtype=torch.bool, device=device).triu(1)
+    return future[None, None].expand(b, 1, s, s)
+
+
+# ----------------------------------------------------------------------------------- worker-side stream
+
+
+class _Slice:
+    """Picklable url splitter for WebDataset: items ``start::step`` of the stream, then drop the first ``drop``."""
+
+    def __init__(self, start: int, step: int, drop: int = 0):
+        self.start, self.step, self.drop = start, step, drop
+
+    def __call__(self, src):
+        yield from itertools.islice(itertools.islice(src, self.start, None, self.step), self.drop, None)
+
+
+class _ErrorLog:
+    """WebDataset exception handler: remember the error and go on with the next shard (we judge afterwards)."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+
+    def __call__(self, exn: Exception) -> bool:
+        self.errors.append(" ".join(str(a) for a in exn.args) or repr(exn))
+        return True
+
+    def about(self, url: str) -> str:
+        hits = [e for e in self.errors if url in e]
+        return f" (tar error: {hits[0]})" if hits else ""
+
+
+class _Missing:
+    """Marker for a sample slot the shard should hold but that could not be read."""
+
+
+class _ShardStream(IterableDataset):
+    """What each DataLoader worker runs: its reader's infinite stream of collated micro-batches."""
+
+    def __init__(self, shard_dir: Path, manifest: dict, micro_batch_size: int, dp_rank: int, dp_world_size: int,
+                 seed: int, n_readers: int, shuffle_shards: bool, skip_corrupt: bool, start_epoch: int,
+                 start_batch: int):
+        super().__init__()
+        self.urls = [str(shard_dir / s["name"]) for s in manifest["shards"]]
+        self.samples_per_shard = int(manifest["shards"][0]["samples"])
+        self.seq_len = int(manifest["seq_len"])
+        self.eos_id = int(manifest["eos_id"])
+        self.lang_index = {lang: i for i, lang in enumerate(manifest["languages"])}
+        self.b, self.dp_rank, self.dp_world_size = micro_batch_size, dp_rank, dp_world_size
+        self.seed, self.n_readers, self.shuffle_shards = seed, n_readers, shuffle_shards
+        self.skip_corrupt = skip_corrupt
+        self.start_epoch, self.start_batch = start_epoch, start_batch
+        shards_per_reader = len(self.urls) // (dp_world_size * n_readers)
+        self.batches_per_reader = shards_per_reader * self.samples_per_shard // micro_batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if n_workers != self.n_readers:
+            raise RuntimeError(f"ShardLoader built for {self.n_readers} readers, DataLoader has {n_workers} workers")
+        reader = (worker + self.start_batch) % self.n_readers  # rotation: see the module docstring
+        # batches this reader delivered before the resume point: #{i < start_batch : i % n == reader}
+        done = (self.start_batch - reader + self.n_readers - 1) // self.n_readers
+        for epoch in itertools.count(self.start_epoch):
+            yield from self._epoch(epoch, reader, done)
+            done = 0
+
+    def _epoch(self, epoch: int, reader: int, done: int) -> Iterator[dict]:
+        order = [self.urls[i] for i in epoch_shard_order(len(self.urls), self.seed, epoch, self.shuffle_shards)]
+        skip_shards, skip_samples = divmod(done * self.b, self.samples_per_shard)
+        mine = order[self.dp_rank :: self.dp_world_size][reader :: self.n_readers][skip_shards:]
+        if done >= self.batches_per_reader or not mine:
+            return
+        errors = _ErrorLog()
+        raw = wds.WebDataset(
+            order,
+            handler=errors,
+            nodesplitter=_Slice(self.dp_rank, self.dp_world_size),
+            workersplitter=_Slice(reader, self.n_readers, skip_shards),
+            shardshuffle=False,
+            empty_check=False,
+            seed=0,  # unused (no shuffle), but keeps WebDataset away from the global `random` state
+        )
+        slots = itertools.islice(self._slots(iter(raw), mine, errors), skip_samples, None)
+        rows = (self._prepare(item) for item in slots)
+        for _ in range(self.batches_per_reader - done):
+            yield self._collate(list(itertools.islice(rows, self.b)))
+
+    def _slots(self, samples: Iterator[dict], urls: list[str], errors: _ErrorLog) -> Iterator[Any]:
+        """Exactly ``samples_per_shard`` items per shard, in order: the raw sample, or ``_Missing``."""
+        n_per = self.samples_per_shard
+        pending = next(samples, None)
+        for url in urls:
+            n, last_key = 0, None
+            while pending is not None and pending["__url__"] == url:
+                n += 1
+                if n > n_per:
+                    raise ShardCorruptError(f"{url}: holds more than the {n_per} samples the manifest says")
+                last_key = pending["__key__"]
+                yield pending
+                pending = next(samples, None)
+            if n < n_per:
+                where = f"after sample key {last_key}" if last_key else "before its first sample"
+                msg = (f"{url}: only {n} of {n_per} samples could be read; the shard is truncated or corrupt "
+                       f"{where}{errors.about(url)}")
+                if not self.skip_corrupt:
+                    raise ShardCorruptError(f"{msg}. Rebuild the shard, or pass skip_corrupt=True to skip it.")
+                log.warning("%s: skipping %d samples", msg, n_per - n)
+                yield from itertools.repeat(_Missing, n_per - n)
+        if pending is not None:
+            raise RuntimeError(f"reader got a sample of {pending['__url__']}, which is not one of its shards")
+
+    def _prepare(self, item: Any) -> dict | None:
+        """Raw sample -> numpy row (or None for a skipped slot)."""
+        if item is _Missing:
+            return None
+        try:
+            s = decode_sample(item, self.seq_len)
+            seg = s.segments.astype(np.int64)
+            where = f"{item.get('__url__')}: sample {item.get('__key__')}"
+            if seg.size and (np.any(np.diff(seg) < 0) or seg[-1] >= len(s.langs)):
+                raise SampleFormatError(f"{where}: segments must be non-decreasing ids < {len(s.langs)}")
+            unknown = [lang for lang in s.langs if lang not in self.lang_index]
+            if unknown:
+                raise SampleFormatError(f"{where}: languages {unknown} are not in the manifest's languages")
+        except SampleFormatError as exc:
+            if not self.skip_corrupt:
+                raise ShardCorruptError(f"{exc}. Rebuild the shard, or pass skip_corrupt=True to skip it.") from exc
+            log.warning("skipping a corrupt sample: %s", exc)
+            return None
+        langs = np.array([self.lang_index[lang] for lang in s.langs], dtype=np.int64)
+        return {
+            "input_ids": s.input_ids.astype(np.int64),
+            "targets": s.targets.astype(np.int64),
+            "segments": seg,
+            "token_lang": langs[seg],
+            "position_ids": position_ids_from_segments(seg),
+            "doc_ids": list(s.doc_ids),
+            "key": item["__key__"],
+        }
+
+    def _collate(self, rows: list[dict | None]) -> dict:
+        if len(rows) != self.b:  # cannot happen when the manifest's counts are right
+            raise RuntimeError(f"reader ran out of samples mid-epoch ({len(rows)} of {self.b}); manifest wrong?")
+        s = self.seq_len
+        pad = {
+            "input_ids": np.full(s, self.eos_id, dtype=np.int64),
+            "targets": np.full(s, IGNORE_INDEX, dtype=np.int64),
+            "segments": np.zeros(s, dtype=np.int64),
+            "token_lang": np.zeros(s, dtype=np.int64),
+            "position_ids": np.arange(s, dtype=np.int64),
+        }
+        batch: dict[str, Any] = {
+            k: torch.from_numpy(np.stack([r[k] if r is not None else v for r in rows])) for k, v in pad.items()
+        }
+        batch["doc_ids"] = [r["doc_ids"] if r is not None else [] for r in rows]
+        batch["keys"] = [r["key"] if r is not None else None for r in rows]
+        batch["skipped"] = sum(r is None for r in rows)
+        return batch
+
+
+# ------------------------------------------------------------------------------------------ the loader
+
+
+class ShardLoader:
+    """Infinite, exactly resumable iterator of phase-2 micro-batches for one data-parallel rank.
+
+    Each batch is a dict: ``input_ids``, ``targets`` (stored next-token targets, used as they are: never
+    shifted), ``segments``, ``token_lang`` (index into ``manifest["languages"]`` of each token's document
+    language), ``position_ids`` (restart at 0 at every document start in a sample): LongTensor [b, s];
+    ``doc_ids``: list (per sample) of lists of document ids; ``keys``: sample keys (None for a skipped slot);
+    ``skipped``: number of padding rows that replace unreadable samples (only with ``skip_corrupt``).
+
+    Requirements (checked): the shard count is a multiple of ``dp_world_size * max(1, num_workers)`` and every
+    reader gets at least one full batch per epoch; the incomplete last batch of each reader and epoch is
+    dropped (see the module docstring). ``state_dict()`` is the same on every rank except
+    ``skipped_samples`` (informational); ``load_state_dict`` refuses a state of a different configuration.
+    ``iter(loader)`` always starts at the current position (a fresh DataLoader each time).
+    """
+
+    def __init__(self, shard_dir: str | Path, micro_batch_size: int, *, dp_rank: int, dp_world_size: int,
+                 seed: int, num_workers: int = 2, prefetch_factor: int = 2, shuffle_shards: bool = True,
+                 skip_corrupt: bool = False, pin_memory: bool = False):
+        self.shard_dir = Path(shard_dir)
+        self.manifest = load_manifest(self.shard_dir)
+        if micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        if not (dp_world_size >= 1 and 0 <= dp_rank < dp_world_size):
+            raise ValueError(f"need 0 <= dp_rank < dp_world_size, got dp_rank={dp_rank}, dp_world_size={dp_world_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.micro_batch_size, self.dp_rank, self.dp_world_size = micro_batch_size, dp_rank, dp_world_size
+        self.seed, self.num_workers, self.prefetch_factor = seed, num_workers, prefetch_factor
+        self.shuffle_shards, self.skip_corrupt, self.pin_memory = shuffle_shards, skip_corrupt, pin_memory
+        self.n_readers = max(1, num_workers)
+        n_shards = len(self.manifest["shards"])
+        readers = dp_world_size * self.n_readers
+        if n_shards % readers:
+            need = -(-n_shards // readers) * readers
+            raise ValueError(
+                f"{self.shard_dir}: {n_shards} shards cannot be split evenly over dp_world_size={dp_world_size} x "
+                f"max(1, num_workers={num_workers}) = {readers} readers; the shard count must be a multiple of "
+                f"{readers} (e.g. {need}): rebuild the shards or change num_workers"
+            )
+        self.samples_per_shard = int(self.manifest["shards"][0]["samples"])
+        self.batches_per_reader = (n_shards // readers) * self.samples_per_shard // micro_batch_size
+        if self.batches_per_reader < 1:
+            raise ValueError(
+                f"{self.shard_dir}: each of the {readers} readers gets {n_shards // readers * self.samples_per_shard} "
+                f"samples per epoch, fewer than micro_batch_size={micro_batch_size}"
+            )
+        self.epoch, self.batches, self.skipped_samples = 0, 0, 0
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.manifest["languages"])
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches this rank yields per epoch (the same on every rank)."""
+        return self.n_readers * self.batches_per_reader
+
+    def _fingerprint(self) -> dict:
+        return {"seed": self.seed, "dp_world_size": self.dp_world_size, "readers": self.n_readers,
+                "micro_batch_size": self.micro_batch_size, "shards": len(self.manifest["shards"]),
+                "samples_per_shard": self.samples_per_shard, "shuffle_shards": self.shuffle_shards}
+
+    def state_dict(self) -> dict:
+        """The position: (epoch, micro-batches this rank consumed in it), plus the configuration it belongs to."""
+        return {"epoch": self.epoch, "batches": self.batches, "skipped_samples": self.skipped_samples,
+                "config": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._fingerprint()
+        theirs = state.get("config", {})
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise ValueError(f"ShardLoader state was saved with another configuration: {{key: (saved, now)}} {diff}")
+        if not 0 <= int(state["batches"]) < self.batches_per_epoch:
+            raise ValueError(f"ShardLoader state: batches={state['batches']} outside [0, {self.batches_per_epoch})")
+        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+
+    def __iter__(self) -> Iterator[dict]:
+        stream = _ShardStream(
+            self.shard_dir, self.manifest, self.micro_batch_size, self.dp_rank, self.dp_world_size, self.seed,
+            self.n_readers, self.shuffle_shards, self.skip_corrupt, self.epoch, self.batches,
+        )
+        loader = DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+        )
+        for batch in loader:
+            self.skipped_samples += batch["skipped"]
+            self.batches += 1
+            if self.batches == self.batches_per_epoch:
+                self.epoch, self.batches = self.epoch + 1, 0
+            yield batch

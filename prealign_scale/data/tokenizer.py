@@ -1,0 +1,77 @@
+"""Train, save and load the project's byte-level BPE tokenizers (HF `tokenizers` + `transformers` format).
+
+A tokenizer folder is what ``transformers.PreTrainedTokenizerFast.from_pretrained(folder)`` loads
+(``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``). Byte-level BPE without a
+prefix space: a word in mid-sentence form carries its leading space (``" house"``), so dictionary words are
+tokenised as ``" " + word``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+DEFAULT_SPECIALS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
+
+
+def train_bpe(
+    texts: Iterable[str],
+    out_dir: str | Path,
+    vocab_size: int = 8192,
+    specials: dict[str, str] | None = None,
+    min_frequency: int = 2,
+):
+    """Train a byte-level BPE on `texts` and save it to `out_dir`; returns the PreTrainedTokenizerFast."""
+    from transformers import PreTrainedTokenizerFast
+
+    specials = dict(DEFAULT_SPECIALS if specials is None else specials)
+    if len(set(specials.values())) != len(specials):
+        raise ValueError(f"special tokens must be distinct, got {specials}")
+    if vocab_size < 256 + len(specials):
+        raise ValueError(f"vocab_size={vocab_size} is below the 256 byte symbols + {len(specials)} specials")
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(specials.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def load_tokenizer(folder: str | Path):
+    """Load a tokenizer folder as a transformers PreTrainedTokenizerFast, with a clear error if absent."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a tokenizer folder (no tokenizer.json); build one with "
+                                "data_tools/train_tokenizer.py")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def tokenizer_sha256(folder: str | Path) -> str:
+    """Hash of tokenizer.json: what manifests and tables record to detect a tokenizer mismatch."""
+    return hashlib.sha256((Path(folder) / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def mid_sentence_ids(tokenizer, word: str) -> list[int]:
+    """Token ids of `word` as it appears mid-sentence (leading space), without BOS/EOS."""
+    return tokenizer.encode(" " + word.strip(), add_special_tokens=False)
+
+
+def iter_texts(docs: Iterable[dict]) -> Iterator[str]:
+    for d in docs:
+        yield d["text"]

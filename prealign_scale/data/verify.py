@@ -1,0 +1,122 @@
+"""Check a shard folder against its manifest and name every bad shard (and why)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prealign_scale.data.shard_format import (
+    IGNORE_INDEX,
+    MANIFEST_NAME,
+    SampleFormatError,
+    decode_sample,
+    sample_key,
+)
+
+
+@dataclass
+class VerifyReport:
+    folder: str
+    shards_checked: int = 0
+    samples_checked: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)  # shard name -> problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, shard: str, msg: str) -> None:
+        self.problems.setdefault(shard, []).append(msg)
+
+    def lines(self) -> list[str]:
+        if self.ok:
+            return [f"OK: {self.shards_checked} shards, {self.samples_checked:,} samples match {self.folder}/"
+                    f"{MANIFEST_NAME}"]
+        out = [f"BAD: {len(self.problems)} of {self.shards_checked} shards in {self.folder} have problems:"]
+        for shard, msgs in sorted(self.problems.items()):
+            out += [f"  {shard}: {m}" for m in msgs]
+        return out
+
+
+def iter_tar_samples(path: Path):
+    """Group a tar's members by key (the WebDataset convention: key = name up to the first dot)."""
+    current, key = {}, None
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, _, ext = member.name.partition(".")
+            if key is not None and k != key:
+                yield current
+                current = {}
+            key = k
+            current["__key__"] = k
+            current["__url__"] = str(path)
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current
+
+
+def verify_shards(folder: str | Path) -> VerifyReport:
+    folder = Path(folder)
+    report = VerifyReport(str(folder))
+    mpath = folder / MANIFEST_NAME
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        report.add(MANIFEST_NAME, "missing: not a finished shard build (run data_tools/build_shards.py)")
+        return report
+    except json.JSONDecodeError as exc:
+        report.add(MANIFEST_NAME, f"not valid JSON: {exc}")
+        return report
+    seq_len, vocab = int(manifest["seq_len"]), int(manifest["vocab_size"])
+    listed = {s["name"] for s in manifest["shards"]}
+    for extra in sorted(p.name for p in folder.glob("shard-*.tar") if p.name not in listed):
+        report.add(extra, "not listed in the manifest")
+    for index, rec in enumerate(manifest["shards"]):
+        report.shards_checked += 1
+        _verify_one(folder, index, rec, seq_len, vocab, report)
+    return report
+
+
+def _verify_one(folder: Path, index: int, rec: dict, seq_len: int, vocab: int, report: VerifyReport) -> None:
+    name = rec["name"]
+    path = folder / name
+    if not path.is_file():
+        report.add(name, "missing")
+        return
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+        report.add(name, "sha256 differs from the manifest (corrupted or modified)")
+    n = tokens = loss_tokens = switched = 0
+    try:
+        for j, raw in enumerate(iter_tar_samples(path)):
+            where = f"sample {raw.get('__key__')}"
+            if raw.get("__key__") != sample_key(index, j):
+                report.add(name, f"{where}: expected key {sample_key(index, j)}")
+            s = decode_sample(raw, seq_len=seq_len)
+            n += 1
+            tokens += s.seq_len
+            loss_tokens += s.loss_tokens
+            switched += s.switched_words
+            if s.input_ids.size and int(s.input_ids.max()) >= vocab:
+                report.add(name, f"{where}: input id {int(s.input_ids.max())} >= vocab_size {vocab}")
+            t = s.targets[s.targets != IGNORE_INDEX]
+            if t.size and (int(t.min()) < 0 or int(t.max()) >= vocab):
+                report.add(name, f"{where}: target ids outside [0, {vocab}) other than {IGNORE_INDEX}")
+            steps = np.diff(s.segments.astype(np.int64))
+            if s.segments.size and (s.segments[0] != 0 or ((steps != 0) & (steps != 1)).any()):
+                report.add(name, f"{where}: segments must start at 0 and grow by 0 or 1")
+    except (tarfile.TarError, OSError, EOFError, SampleFormatError) as exc:
+        report.add(name, f"unreadable after {n} samples: {exc}")
+        return
+    for what, got in (("samples", n), ("tokens", tokens), ("loss_tokens", loss_tokens),
+                      ("switched_words", switched)):
+        if got != rec[what]:
+            report.add(name, f"{what}: {got} in the shard, {rec[what]} in the manifest")
+    report.samples_checked += n
