@@ -17,14 +17,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python data_tools/build_table.py` without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.alignment.build_table import build_alignment_table  # noqa: E402
-from prealign_scale.alignment.coverage import coverage_report, iter_sample_texts  # noqa: E402
-from prealign_scale.alignment.dictionaries import FORMATS, DictionaryError, read_dictionaries  # noqa: E402
-from prealign_scale.data.tokenizer import load_tokenizer, tokenizer_sha256  # noqa: E402
+from prealign_scale.alignment.build_table import build_alignment_table
+from prealign_scale.alignment.coverage import coverage_report
+from prealign_scale.alignment.dictionaries import FORMATS, DictionaryError, read_dictionaries
+from prealign_scale.data.corpus import iter_corpus_texts
+from prealign_scale.data.tokenizer import load_tokenizer, tokenizer_sha256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dict", dest="dicts", action="append", required=True, metavar="PATH",
                    help="dictionary file (repeatable); for dictd give the .index file")
     p.add_argument("--format", choices=FORMATS, default=None, help="override the format implied by the extension")
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source-lang", default="src", help="language tag of source words (default src)")
     p.add_argument("--target-lang", default="tgt", help="language tag of target words (default tgt)")
     p.add_argument("--coverage-corpus", metavar="PATH", default=None,
-                   help="plain text (one document per line) or JSONL with a 'text' field, optionally .gz/.zst")
+                   help="corpus sample: .txt (one document per line) or .jsonl with a 'text' field, optionally .gz/.zst")
     p.add_argument("--coverage-docs", type=int, default=1000, metavar="N",
                    help="documents of the coverage corpus to read (default 1000)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input line")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         coverage = None
         if args.coverage_corpus:  # measured on the table's own (cleaned) source words
-            texts = iter_sample_texts(args.coverage_corpus, args.coverage_docs)
+            texts = iter_corpus_texts([args.coverage_corpus], max_docs=args.coverage_docs)
             coverage = table.meta["coverage"] = coverage_report(table, tokenizer, texts, args.source_lang)
         table.save(args.out)
     except (DictionaryError, FileNotFoundError, ValueError, OSError) as exc:

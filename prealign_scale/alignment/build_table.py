@@ -13,7 +13,7 @@ Steps, each deterministic:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from prealign_scale.alignment.dictionaries import RawEntry
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry, split_of

@@ -6,15 +6,14 @@ letter; it is matched lower-cased, with the leading space (byte-level "Ġ" / Sen
 surrounding punctuation stripped, against the lower-cased source-language words of the dictionary. The
 piece's tokens are what the BPE model makes of that piece, so the token counts add up to the corpus's
 token count (without special tokens).
+
+Corpus samples are read with :func:`prealign_scale.data.corpus.iter_corpus_texts` (the one corpus reader).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import Counter
-from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable
 
 TOP_UNCOVERED = 20
 
@@ -87,44 +86,3 @@ def coverage_report(table_or_entries, tokenizer, texts: Iterable[str], source_la
         "distinct_covered": sum(1 for w in word_counts if w in vocab),
         "top_uncovered": [[w, c] for w, c in uncovered[:top_n]],
     }
-
-
-def _open_text(path: Path):
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if name.endswith(".zst"):
-        import io
-
-        import zstandard
-
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def iter_sample_texts(path: str | Path, max_docs: int, text_field: str = "text") -> Iterator[str]:
-    """The first `max_docs` documents of a corpus file: JSONL (field `text_field`) or plain text (one per
-    non-blank line), optionally .gz / .zst compressed. Errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: coverage corpus not found")
-    is_jsonl = ".jsonl" in path.suffixes or ".json" in path.suffixes
-    docs = 0
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if docs >= max_docs:
-                return
-            if not line.strip():
-                continue
-            if is_jsonl:
-                try:
-                    text = json.loads(line)[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object with a {text_field!r} string "
-                                     f"field ({type(exc).__name__}: {exc})") from exc
-                if not isinstance(text, str):
-                    raise ValueError(f"{path}:{lineno}: field {text_field!r} is not a string")
-            else:
-                text = line.rstrip("\n")
-            docs += 1
-            yield text

@@ -27,9 +27,9 @@ import hashlib
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 FORMATS = ("tsv", "jsonl", "dictd")
 _EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".index": "dictd", ".dict": "dictd", ".dz": "dictd"}

@@ -14,7 +14,7 @@ rows differs between ranks and steps: the engine pads word vectors before its al
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -63,12 +63,24 @@ class DictionaryLoader:
     ``dropped_entries``) rather than truncated, so that a word vector always covers the whole word.
     """
 
-    def __init__(self, table: AlignmentTable, entries_per_rank: int, *, dp_rank: int, dp_world_size: int,
-                 seed: int, pad_id: int, split: str = ALIGN, max_word_tokens: int | None = None):
+    def __init__(
+        self,
+        table: AlignmentTable,
+        entries_per_rank: int,
+        *,
+        dp_rank: int,
+        dp_world_size: int,
+        seed: int,
+        pad_id: int,
+        split: str = ALIGN,
+        max_word_tokens: int | None = None,
+    ):
         if entries_per_rank < 1:
             raise ValueError(f"entries_per_rank must be >= 1, got {entries_per_rank}")
         if not (dp_world_size >= 1 and 0 <= dp_rank < dp_world_size):
-            raise ValueError(f"need 0 <= dp_rank < dp_world_size, got dp_rank={dp_rank}, dp_world_size={dp_world_size}")
+            raise ValueError(
+                f"need 0 <= dp_rank < dp_world_size, got dp_rank={dp_rank}, dp_world_size={dp_world_size}"
+            )
         if max_word_tokens is not None and max_word_tokens < 1:
             raise ValueError(f"max_word_tokens must be >= 1 or None, got {max_word_tokens}")
         part = table.part(split)
@@ -83,7 +95,11 @@ class DictionaryLoader:
         self.global_entries = entries_per_rank * dp_world_size
         self.steps_per_epoch = len(kept) // self.global_entries
         if self.steps_per_epoch < 1:
-            dropped = f" ({self.dropped_entries} left out by max_word_tokens={max_word_tokens})" if max_word_tokens else ""
+            dropped = (
+                f" ({self.dropped_entries} left out by max_word_tokens={max_word_tokens})"
+                if max_word_tokens
+                else ""
+            )
             raise ValueError(
                 f"alignment table part {split!r} has {len(kept)} entries{dropped}, fewer than one global step of "
                 f"entries_per_rank={entries_per_rank} x dp_world_size={dp_world_size} = {self.global_entries}"
@@ -96,11 +112,18 @@ class DictionaryLoader:
 
     def _take(self, perm: np.ndarray, step: int) -> dict:
         start = step * self.global_entries + self.dp_rank * self.entries_per_rank
-        return collate_words([self.entries[i] for i in perm[start : start + self.entries_per_rank]], self.pad_id)
+        return collate_words(
+            [self.entries[i] for i in perm[start : start + self.entries_per_rank]], self.pad_id
+        )
 
     def _fingerprint(self) -> dict:
-        return {"seed": self.seed, "dp_world_size": self.dp_world_size, "entries_per_rank": self.entries_per_rank,
-                "entries": len(self.entries), "split": self.split}
+        return {
+            "seed": self.seed,
+            "dp_world_size": self.dp_world_size,
+            "entries_per_rank": self.entries_per_rank,
+            "entries": len(self.entries),
+            "split": self.split,
+        }
 
     def state_dict(self) -> dict:
         """The position (epoch, global steps consumed in it), plus the configuration it belongs to."""
@@ -110,9 +133,13 @@ class DictionaryLoader:
         mine, theirs = self._fingerprint(), state.get("config", {})
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
-            raise ValueError(f"DictionaryLoader state was saved with another configuration: {{key: (saved, now)}} {diff}")
+            raise ValueError(
+                f"DictionaryLoader state was saved with another configuration: {{key: (saved, now)}} {diff}"
+            )
         if not 0 <= int(state["step"]) < self.steps_per_epoch:
-            raise ValueError(f"DictionaryLoader state: step={state['step']} outside [0, {self.steps_per_epoch})")
+            raise ValueError(
+                f"DictionaryLoader state: step={state['step']} outside [0, {self.steps_per_epoch})"
+            )
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
     def __iter__(self) -> Iterator[dict]:

@@ -4,7 +4,8 @@ A *chunk* is a run of consecutive documents of one language (``docs_per_chunk`` 
 folder ``.work/chunks/{lang}-{index:06d}/`` holding, for the chunk's documents in order:
 
 - ``ids.npy`` (uint32): switched tokens of every document, each followed by EOS;
-- ``labels.npy`` (int32): the label array of :mod:`prealign_scale.alignment.codeswitch` (EOS labels itself);
+- ``labels.npy`` (int32): the label array of :mod:`prealign_scale.alignment.codeswitch` (EOS labels itself),
+  with the label of each document's first token set to -100 (no prediction across a document boundary);
 - ``doc_lens.npy`` (int64): tokens per document (EOS included);
 - ``switch_pos.npy`` (int64): chunk-level positions of the first token of every switched word;
 - ``docs.json``: document ids and per-document switched-word counts.
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from prealign_scale.alignment.codeswitch import Switcher, switch_document
+from prealign_scale.data.shard_format import IGNORE_INDEX
 
 
 @dataclass
@@ -67,6 +69,11 @@ def process_chunk(docs: list[tuple[str, str]], ctx: ChunkContext) -> dict:
                 ctx.space_mask,
             )
             sw_ids, sw_lab, starts = d.input_ids, d.labels, d.switch_starts
+        if sw_lab.size:
+            # The first token of a document is never a target: the position before it is the previous
+            # document's EOS, and no loss is taken across a document boundary.
+            sw_lab = sw_lab.copy()
+            sw_lab[0] = IGNORE_INDEX
         ids_parts += [sw_ids, eos]
         lab_parts += [sw_lab, eos]
         sw_parts.append(starts + pos)

@@ -31,8 +31,9 @@ import hashlib
 import itertools
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,13 +74,17 @@ def load_manifest(shard_dir: str | Path) -> dict:
         if key not in manifest:
             raise ValueError(f"{path}: missing field {key!r}")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {manifest['format_version']}, this reader reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {manifest['format_version']}, this reader reads {FORMAT_VERSION}"
+        )
     shards = manifest["shards"]
     if not isinstance(shards, list) or not shards:
         raise ValueError(f"{path}: field 'shards' must be a non-empty list")
     counts = {int(s["samples"]) for s in shards}
     if len(counts) != 1:
-        raise ValueError(f"{path}: shards have different sample counts {sorted(counts)}; the reader needs equal ones")
+        raise ValueError(
+            f"{path}: shards have different sample counts {sorted(counts)}; the reader needs equal ones"
+        )
     if counts.pop() <= 0:
         raise ValueError(f"{path}: shards must hold at least one sample")
     for i, s in enumerate(shards):
@@ -160,9 +165,20 @@ class _Missing:
 class _ShardStream(IterableDataset):
     """What each DataLoader worker runs: its reader's infinite stream of collated micro-batches."""
 
-    def __init__(self, shard_dir: Path, manifest: dict, micro_batch_size: int, dp_rank: int, dp_world_size: int,
-                 seed: int, n_readers: int, shuffle_shards: bool, skip_corrupt: bool, start_epoch: int,
-                 start_batch: int):
+    def __init__(
+        self,
+        shard_dir: Path,
+        manifest: dict,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_world_size: int,
+        seed: int,
+        n_readers: int,
+        shuffle_shards: bool,
+        skip_corrupt: bool,
+        start_epoch: int,
+        start_batch: int,
+    ):
         super().__init__()
         self.urls = [str(shard_dir / s["name"]) for s in manifest["shards"]]
         self.samples_per_shard = int(manifest["shards"][0]["samples"])
@@ -180,7 +196,9 @@ class _ShardStream(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if n_workers != self.n_readers:
-            raise RuntimeError(f"ShardLoader built for {self.n_readers} readers, DataLoader has {n_workers} workers")
+            raise RuntimeError(
+                f"ShardLoader built for {self.n_readers} readers, DataLoader has {n_workers} workers"
+            )
         reader = (worker + self.start_batch) % self.n_readers  # rotation: see the module docstring
         # batches this reader delivered before the resume point: #{i < start_batch : i % n == reader}
         done = (self.start_batch - reader + self.n_readers - 1) // self.n_readers
@@ -189,7 +207,9 @@ class _ShardStream(IterableDataset):
             done = 0
 
     def _epoch(self, epoch: int, reader: int, done: int) -> Iterator[dict]:
-        order = [self.urls[i] for i in epoch_shard_order(len(self.urls), self.seed, epoch, self.shuffle_shards)]
+        order = [
+            self.urls[i] for i in epoch_shard_order(len(self.urls), self.seed, epoch, self.shuffle_shards)
+        ]
         skip_shards, skip_samples = divmod(done * self.b, self.samples_per_shard)
         mine = order[self.dp_rank :: self.dp_world_size][reader :: self.n_readers][skip_shards:]
         if done >= self.batches_per_reader or not mine:
@@ -224,10 +244,14 @@ class _ShardStream(IterableDataset):
                 pending = next(samples, None)
             if n < n_per:
                 where = f"after sample key {last_key}" if last_key else "before its first sample"
-                msg = (f"{url}: only {n} of {n_per} samples could be read; the shard is truncated or corrupt "
-                       f"{where}{errors.about(url)}")
+                msg = (
+                    f"{url}: only {n} of {n_per} samples could be read; the shard is truncated or corrupt "
+                    f"{where}{errors.about(url)}"
+                )
                 if not self.skip_corrupt:
-                    raise ShardCorruptError(f"{msg}. Rebuild the shard, or pass skip_corrupt=True to skip it.")
+                    raise ShardCorruptError(
+                        f"{msg}. Rebuild the shard, or pass skip_corrupt=True to skip it."
+                    )
                 log.warning("%s: skipping %d samples", msg, n_per - n)
                 yield from itertools.repeat(_Missing, n_per - n)
         if pending is not None:
@@ -248,7 +272,9 @@ class _ShardStream(IterableDataset):
                 raise SampleFormatError(f"{where}: languages {unknown} are not in the manifest's languages")
         except SampleFormatError as exc:
             if not self.skip_corrupt:
-                raise ShardCorruptError(f"{exc}. Rebuild the shard, or pass skip_corrupt=True to skip it.") from exc
+                raise ShardCorruptError(
+                    f"{exc}. Rebuild the shard, or pass skip_corrupt=True to skip it."
+                ) from exc
             log.warning("skipping a corrupt sample: %s", exc)
             return None
         langs = np.array([self.lang_index[lang] for lang in s.langs], dtype=np.int64)
@@ -264,7 +290,9 @@ class _ShardStream(IterableDataset):
 
     def _collate(self, rows: list[dict | None]) -> dict:
         if len(rows) != self.b:  # cannot happen when the manifest's counts are right
-            raise RuntimeError(f"reader ran out of samples mid-epoch ({len(rows)} of {self.b}); manifest wrong?")
+            raise RuntimeError(
+                f"reader ran out of samples mid-epoch ({len(rows)} of {self.b}); manifest wrong?"
+            )
         s = self.seq_len
         pad = {
             "input_ids": np.full(s, self.eos_id, dtype=np.int64),
@@ -274,7 +302,8 @@ class _ShardStream(IterableDataset):
             "position_ids": np.arange(s, dtype=np.int64),
         }
         batch: dict[str, Any] = {
-            k: torch.from_numpy(np.stack([r[k] if r is not None else v for r in rows])) for k, v in pad.items()
+            k: torch.from_numpy(np.stack([r[k] if r is not None else v for r in rows]))
+            for k, v in pad.items()
         }
         batch["doc_ids"] = [r["doc_ids"] if r is not None else [] for r in rows]
         batch["keys"] = [r["key"] if r is not None else None for r in rows]
@@ -301,15 +330,28 @@ class ShardLoader:
     ``iter(loader)`` always starts at the current position (a fresh DataLoader each time).
     """
 
-    def __init__(self, shard_dir: str | Path, micro_batch_size: int, *, dp_rank: int, dp_world_size: int,
-                 seed: int, num_workers: int = 2, prefetch_factor: int = 2, shuffle_shards: bool = True,
-                 skip_corrupt: bool = False, pin_memory: bool = False):
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        micro_batch_size: int,
+        *,
+        dp_rank: int,
+        dp_world_size: int,
+        seed: int,
+        num_workers: int = 2,
+        prefetch_factor: int = 2,
+        shuffle_shards: bool = True,
+        skip_corrupt: bool = False,
+        pin_memory: bool = False,
+    ):
         self.shard_dir = Path(shard_dir)
         self.manifest = load_manifest(self.shard_dir)
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if not (dp_world_size >= 1 and 0 <= dp_rank < dp_world_size):
-            raise ValueError(f"need 0 <= dp_rank < dp_world_size, got dp_rank={dp_rank}, dp_world_size={dp_world_size}")
+            raise ValueError(
+                f"need 0 <= dp_rank < dp_world_size, got dp_rank={dp_rank}, dp_world_size={dp_world_size}"
+            )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.micro_batch_size, self.dp_rank, self.dp_world_size = micro_batch_size, dp_rank, dp_world_size
@@ -344,33 +386,59 @@ class ShardLoader:
         return self.n_readers * self.batches_per_reader
 
     def _fingerprint(self) -> dict:
-        return {"seed": self.seed, "dp_world_size": self.dp_world_size, "readers": self.n_readers,
-                "micro_batch_size": self.micro_batch_size, "shards": len(self.manifest["shards"]),
-                "samples_per_shard": self.samples_per_shard, "shuffle_shards": self.shuffle_shards}
+        return {
+            "seed": self.seed,
+            "dp_world_size": self.dp_world_size,
+            "readers": self.n_readers,
+            "micro_batch_size": self.micro_batch_size,
+            "shards": len(self.manifest["shards"]),
+            "samples_per_shard": self.samples_per_shard,
+            "shuffle_shards": self.shuffle_shards,
+        }
 
     def state_dict(self) -> dict:
         """The position: (epoch, micro-batches this rank consumed in it), plus the configuration it belongs to."""
-        return {"epoch": self.epoch, "batches": self.batches, "skipped_samples": self.skipped_samples,
-                "config": self._fingerprint()}
+        return {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "skipped_samples": self.skipped_samples,
+            "config": self._fingerprint(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self._fingerprint()
         theirs = state.get("config", {})
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
-            raise ValueError(f"ShardLoader state was saved with another configuration: {{key: (saved, now)}} {diff}")
+            raise ValueError(
+                f"ShardLoader state was saved with another configuration: {{key: (saved, now)}} {diff}"
+            )
         if not 0 <= int(state["batches"]) < self.batches_per_epoch:
-            raise ValueError(f"ShardLoader state: batches={state['batches']} outside [0, {self.batches_per_epoch})")
+            raise ValueError(
+                f"ShardLoader state: batches={state['batches']} outside [0, {self.batches_per_epoch})"
+            )
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
         self.skipped_samples = int(state.get("skipped_samples", 0))
 
     def __iter__(self) -> Iterator[dict]:
         stream = _ShardStream(
-            self.shard_dir, self.manifest, self.micro_batch_size, self.dp_rank, self.dp_world_size, self.seed,
-            self.n_readers, self.shuffle_shards, self.skip_corrupt, self.epoch, self.batches,
+            self.shard_dir,
+            self.manifest,
+            self.micro_batch_size,
+            self.dp_rank,
+            self.dp_world_size,
+            self.seed,
+            self.n_readers,
+            self.shuffle_shards,
+            self.skip_corrupt,
+            self.epoch,
+            self.batches,
         )
         loader = DataLoader(
-            stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
         for batch in loader:

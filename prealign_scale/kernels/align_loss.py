@@ -111,8 +111,10 @@ class _BlockwiseAlignRows(torch.autograd.Function):
         zq, norm_q = _normalize_with_norm(vectors_local)
         zk, norm_k = _normalize_with_norm(vectors_all)
         active = npos > 0
-        # Skipped rows: coefficient 0 and lse = +inf, so exp(S − lse) = 0 and nothing reaches them.
-        coef = grad_sums.to(zq.dtype)[:, None] * active.to(zq.dtype)[None, :]
+        # Per-row coefficients: 1 for rows with a positive, 0 for skipped rows (with lse = +inf there, so
+        # exp(S − lse) = 0 and nothing reaches them). The upstream gradient of each layer multiplies the
+        # result afterwards: the G tiles then stay in [−1, 1], safe to round to fp16/bf16 for tl.dot.
+        coef = active.to(zq.dtype)[None, :].expand(lse.shape[0], -1).contiguous()
         coef_pos = coef / npos.clamp_min(1).to(zq.dtype)
         lse = torch.where(active, lse, torch.full_like(lse, float("inf")))
         if impl == "chunked":
@@ -126,6 +128,8 @@ class _BlockwiseAlignRows(torch.autograd.Function):
                                              entry_local.contiguous(), entry_all.contiguous(), row_offset,
                                              lse, coef, coef_pos, block_size)
             dzq, dzk = g_zk.to(zq.dtype) / tau, dzk.to(zq.dtype)
+        layer_grad = grad_sums.to(zq.dtype)[:, None, None]
+        dzq, dzk = dzq * layer_grad, dzk * layer_grad
         grad_local = _normalize_backward(zq, norm_q, dzq).to(vectors_local.dtype)
         grad_all = _normalize_backward(zk, norm_k, dzk).to(vectors_all.dtype)
         return grad_local, grad_all, None, None, None, None, None, None
@@ -180,4 +184,64 @@ def alignment_loss(
     return per_layer.mean(), per_layer
 
 
-__all__ = ["IMPLS", "alignment_loss", "alignment_loss_rows", "positive_counts", "resolve_impl"]
+def distributed_alignment_loss(
+    vectors_local: Tensor,
+    entry_local: Tensor,
+    tau: float = 0.1,
+    impl: str = "auto",
+    block_size: int | None = None,
+    group=None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The global-batch loss under data parallelism: (share [], global_mean [], global_per_layer [L]).
+
+    Every rank passes its own word vectors [L, n_rank, H] (n may differ between ranks) and entry ids. The
+    vectors are all-gathered *with gradient* (``torch.distributed.nn.functional.all_gather``, whose backward
+    sums the gradients of all ranks into each rank's slice), the entry ids and the row counts without; the
+    rank computes the loss rows of its own words against all words, and the count of rows with a positive
+    is all-reduced. ``share`` = mean over layers of (local row sums / global count): the shares of all
+    ranks add up to the single-process loss, and so do their gradients. ``global_mean`` and
+    ``global_per_layer`` are the all-reduced loss values, detached, for logging.
+
+    Gradient reduction: if the optimizer averages gradients over ranks (DeepSpeed, DDP), back-propagate
+    ``share * world_size`` to get the gradient of the global loss (docs/kernels.md).
+    """
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    L, n, H = vectors_local.shape
+    device = vectors_local.device
+    size = torch.tensor([n], dtype=torch.int64, device=device)
+    sizes_t = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_t, size, group=group)
+    sizes = [int(t) for t in sizes_t]
+    pad = max(sizes) - n
+    # all_gather needs equal shapes: pad to the largest rank, gather, then drop the padding.
+    padded = torch.nn.functional.pad(vectors_local, (0, 0, 0, pad))
+    gathered = all_gather(padded, group=group)
+    vectors_all = torch.cat([g[:, :k] for g, k in zip(gathered, sizes)], dim=1)
+    ids = torch.nn.functional.pad(entry_local, (0, pad), value=-1)
+    ids_t = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(ids_t, ids, group=group)
+    entry_all = torch.cat([t[:k] for t, k in zip(ids_t, sizes)])
+    row_offset = sum(sizes[:rank])
+
+    sums, count = alignment_loss_rows(vectors_local, vectors_all, entry_local, entry_all, row_offset, tau,
+                                      impl, block_size)
+    total = count.detach().clone()
+    dist.all_reduce(total, group=group)
+    if int(total) == 0:
+        raise ValueError(
+            f"{_WHERE}: entry ids: no word of the global batch has a positive; the alignment loss needs at "
+            "least two words of one entry"
+        )
+    share = (sums / total).mean()
+    global_sums = sums.detach().clone()
+    dist.all_reduce(global_sums, group=group)
+    per_layer = global_sums / total
+    return share, per_layer.mean(), per_layer
+
+
+__all__ = ["IMPLS", "alignment_loss", "alignment_loss_rows", "distributed_alignment_loss", "positive_counts",
+           "resolve_impl"]

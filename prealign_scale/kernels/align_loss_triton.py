@@ -22,6 +22,8 @@ decided at import time by ``TRITON_INTERPRET``.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -32,7 +34,7 @@ from torch import Tensor
 def _logits_tile(
     q_ptr, k_ptr, rows, cols, row_ok, col_ok, H, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """S[BLOCK_M, BLOCK_N] = Q[rows] · K[cols]ᵀ, accumulated in ACC over H in BLOCK_K slices."""
     s = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
@@ -43,7 +45,7 @@ def _logits_tile(
                     other=0.0)
         kt = tl.load(k_ptr + cols[None, :] * stride_k + ks[:, None], mask=k_ok[:, None] & col_ok[None, :],
                      other=0.0)
-        s = tl.dot(q, kt, s, input_precision=PREC, out_dtype=ACC)
+        s = tl.dot(q.to(DOT), kt.to(DOT), s, input_precision=PREC, out_dtype=ACC)
     return s
 
 
@@ -51,7 +53,7 @@ def _logits_tile(
 def _align_fwd_kernel(
     Q, K, EQ, EK, LSE, POS, n, N, H, row_offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     layer = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -68,7 +70,7 @@ def _align_fwd_kernel(
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         s = _logits_tile(q_ptr, k_ptr, rows, cols, row_ok, col_ok, H, H, H,
-                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, PREC)
+                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, PREC, DOT)
         ek = tl.load(EK + cols, mask=col_ok, other=0)
         valid = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != self_col[:, None])
         pos = valid & (ek[None, :] == eq[:, None])
@@ -80,7 +82,7 @@ def _align_fwd_kernel(
         run_max = new_max
     ref = tl.where(run_max == float("-inf"), 0.0, run_max)
     out = layer * n + rows
-    tl.store(LSE + out, ref + tl.log(run_sum), mask=row_ok)
+    tl.store(LSE + out, ref + tl.log(tl.where(row_ok, run_sum, 1.0)), mask=row_ok)
     tl.store(POS + out, run_pos, mask=row_ok)
 
 
@@ -95,7 +97,7 @@ def _grad_tile(s, valid, pos, lse, coef, coef_pos):
 def _align_bwd_dq_kernel(
     Q, K, EQ, EK, LSE, COEF, COEFP, DQ, n, N, H, row_offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     layer = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -113,11 +115,11 @@ def _align_bwd_dq_kernel(
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         s = _logits_tile(q_ptr, k_ptr, rows, cols, row_ok, col_ok, H, H, H,
-                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, PREC)
+                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, PREC, DOT)
         ek = tl.load(EK + cols, mask=col_ok, other=0)
         valid = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != self_col[:, None])
         pos = valid & (ek[None, :] == eq[:, None])
-        g = _grad_tile(s, valid, pos, lse, coef, coef_pos).to(K.dtype.element_ty)
+        g = _grad_tile(s, valid, pos, lse, coef, coef_pos).to(DOT)
         for h0 in range(0, H, BLOCK_K):
             hs = h0 + tl.arange(0, BLOCK_K)
             h_ok = hs < H
@@ -126,7 +128,7 @@ def _align_bwd_dq_kernel(
             acc_ptr = dq_ptr + rows[:, None] * H + hs[None, :]
             acc_mask = row_ok[:, None] & h_ok[None, :]
             acc = tl.load(acc_ptr, mask=acc_mask, other=0.0)
-            acc = tl.dot(g, k, acc, input_precision=PREC, out_dtype=ACC)
+            acc = tl.dot(g, k.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
             tl.store(acc_ptr, acc, mask=acc_mask)
 
 
@@ -134,7 +136,7 @@ def _align_bwd_dq_kernel(
 def _align_bwd_dk_kernel(
     Q, K, EQ, EK, LSE, COEF, COEFP, DK, n, N, H, row_offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     # Transposed view: the program owns BLOCK_N key columns (axis 0 of its tiles) and streams over rows.
     layer = tl.program_id(0).to(tl.int64)
@@ -153,10 +155,10 @@ def _align_bwd_dk_kernel(
         coef = tl.load(COEF + stat, mask=row_ok, other=0.0)
         coef_pos = tl.load(COEFP + stat, mask=row_ok, other=0.0)
         s = _logits_tile(q_ptr, k_ptr, rows, cols, row_ok, col_ok, H, H, H,
-                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, PREC)
+                         BLOCK_M, BLOCK_N, BLOCK_K, ACC, PREC, DOT)
         valid = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != (rows + row_offset)[:, None])
         pos = valid & (ek[None, :] == eq[:, None])
-        gt = tl.trans(_grad_tile(s, valid, pos, lse, coef, coef_pos)).to(Q.dtype.element_ty)  # [BN, BM]
+        gt = tl.trans(_grad_tile(s, valid, pos, lse, coef, coef_pos)).to(DOT)  # [BN, BM]
         for h0 in range(0, H, BLOCK_K):
             hs = h0 + tl.arange(0, BLOCK_K)
             h_ok = hs < H
@@ -165,11 +167,16 @@ def _align_bwd_dk_kernel(
             acc_ptr = dk_ptr + cols[:, None] * H + hs[None, :]
             acc_mask = col_ok[:, None] & h_ok[None, :]
             acc = tl.load(acc_ptr, mask=acc_mask, other=0.0)
-            acc = tl.dot(gt, q, acc, input_precision=PREC, out_dtype=ACC)
+            acc = tl.dot(gt, q.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
             tl.store(acc_ptr, acc, mask=acc_mask)
 
 
-_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
+_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+             torch.bfloat16: tl.bfloat16}
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _launch_params(zq: Tensor, block_size: int) -> dict:
@@ -187,6 +194,10 @@ def _launch_params(zq: Tensor, block_size: int) -> dict:
         ACC=_TL_DTYPE[acc],
         # fp32/fp64 operands: exact products (no tf32); bf16/fp16 operands ignore the setting.
         PREC="ieee",
+        # tl.dot operand dtype: the input dtype (bf16/fp16 tensor cores on GPU). Interpreter accommodation:
+        # triton 3.9's interpreter multiplies the raw bits of bf16 operands (results ~1e10), so under
+        # TRITON_INTERPRET=1 bf16 tiles are up-cast to fp32 after loading (values stay bf16-rounded).
+        DOT=tl.float32 if (zq.dtype == torch.bfloat16 and _interpreted()) else _TL_DTYPE[zq.dtype],
     ), acc
 
 

@@ -205,9 +205,14 @@ def build_gpt_model(
     if ds_config is None:
         return construct()
     import deepspeed
+    import deepspeed.comm
 
     from prealign_scale.model.parallel import MegatronMPU, dp_group
 
+    # zero.Init reads the world size through deepspeed.comm *before* starting it itself, and falls back to a
+    # world of 1 when it is not started yet (then its batch-size check fails). Wrap the existing group first.
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     with deepspeed.zero.Init(config_dict_or_path=ds_config, data_parallel_group=dp_group(), mpu=MegatronMPU()):
         return construct()
 
