@@ -138,7 +138,7 @@ def switch_document(
     ids: np.ndarray,
     word_ids: np.ndarray,
     text: str,
-    offsets: np.ndarray,
+    offsets,
     switcher: Switcher | None,
     p: float,
     seed: int,
@@ -148,7 +148,8 @@ def switch_document(
     """Code-switch one tokenised document.
 
     ids: int array [n] of token ids; word_ids: int array [n], the pre-tokenizer word index of every token
-    (non-decreasing); offsets: int array [n, 2] of character spans in `text`; space_mask: bool[V] from
+    (non-decreasing); offsets: [n] (start, end) character spans in `text` (the tokenizer's list as it is:
+    only the few candidate words are looked at, so it is never converted); space_mask: bool[V] from
     :func:`leading_space_mask` (else a space before the word in `text` decides).
     """
     ids = np.asarray(ids, dtype=np.int64)
@@ -168,14 +169,14 @@ def switch_document(
     out_len = 0
     for k in np.flatnonzero(u < p):  # candidates only: a few percent of the words
         a, b = int(starts[k]), int(ends[k])
-        word = text[int(offsets[a, 0]) : int(offsets[b - 1, 1])]
+        word = text[int(offsets[a][0]) : int(offsets[b - 1][1])]
         if not word or not any(ch.isalpha() for ch in word):
             continue
         orig = tuple(int(t) for t in ids[a:b])
         if space_mask is not None and orig[0] < space_mask.size:
             lead = bool(space_mask[orig[0]])
         else:
-            lead = offsets[a, 0] > 0 and text[int(offsets[a, 0]) - 1].isspace()
+            lead = offsets[a][0] > 0 and text[int(offsets[a][0]) - 1].isspace()
         options = switcher.translations(word.strip(), orig, lead)
         if not options:
             continue

@@ -61,7 +61,7 @@ def process_chunk(docs: list[tuple[str, str]], ctx: ChunkContext) -> dict:
                 ids,
                 np.asarray(enc.word_ids, dtype=np.int64) if ctx.switcher is not None else None,
                 text,
-                np.asarray(enc.offsets, dtype=np.int64) if ctx.switcher is not None else None,
+                enc.offsets,
                 ctx.switcher,
                 ctx.p,
                 ctx.seed,

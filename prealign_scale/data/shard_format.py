@@ -11,7 +11,8 @@ and four members:
   word is never a target; the target at the position before it is the ORIGINAL word's first token).
   Readers use them as they are: no label shift.
 - ``segments.bin``: uint16 little-endian, ``seq_len`` values: the index, within the sample, of the document
-  each input token belongs to (0, 1, 2, ...). The EOS that ends a document belongs to that document.
+  each input token belongs to (0, 1, 2, ...). The EOS that ends a document belongs to that document, and
+  the target at an EOS position is -100 (no loss across a document boundary).
 - ``meta.json``: ``{"langs": [...], "doc_ids": [...], "switched_words": n}``: the language and source
   document id of each segment, and the number of switched words whose first token is in this sample.
 

@@ -261,10 +261,13 @@ class _ShardStream(IterableDataset):
         """Raw sample -> numpy row (or None for a skipped slot)."""
         if item is _Missing:
             return None
+        where = f"{item.get('__url__')}: sample {item.get('__key__')}"
         try:
-            s = decode_sample(item, self.seq_len)
+            try:
+                s = decode_sample(item, self.seq_len)
+            except (KeyError, TypeError) as exc:  # meta.json without the expected fields
+                raise SampleFormatError(f"{where}: bad meta.json: {exc!r}") from exc
             seg = s.segments.astype(np.int64)
-            where = f"{item.get('__url__')}: sample {item.get('__key__')}"
             if seg.size and (np.any(np.diff(seg) < 0) or seg[-1] >= len(s.langs)):
                 raise SampleFormatError(f"{where}: segments must be non-decreasing ids < {len(s.langs)}")
             unknown = [lang for lang in s.langs if lang not in self.lang_index]
@@ -441,9 +444,17 @@ class ShardLoader:
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
-        for batch in loader:
-            self.skipped_samples += batch["skipped"]
-            self.batches += 1
-            if self.batches == self.batches_per_epoch:
-                self.epoch, self.batches = self.epoch + 1, 0
-            yield batch
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                self.skipped_samples += batch["skipped"]
+                self.batches += 1
+                if self.batches == self.batches_per_epoch:
+                    self.epoch, self.batches = self.epoch + 1, 0
+                yield batch
+        finally:
+            # Stop the workers now: left to the garbage collector after a worker error (the exception's
+            # traceback keeps the iterator alive), the shutdown waits 5 s per worker on closed queues.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()

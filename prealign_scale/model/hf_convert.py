@@ -81,7 +81,7 @@ def megatron_to_hf_state_dict(sd: dict, preset: ModelPreset, vocab_size: int) ->
         out[hf + "self_attn.o_proj.weight"] = proj.detach().clone()
         fc1 = _get(sd, pre + "mlp.linear_fc1.weight")
         _check_shape(pre + "mlp.linear_fc1.weight", fc1, (2 * ffn, h))
-        out[hf + "mlp.gate_proj.weight"] = fc1.detach()[:ffn].clone()
+        out[hf + "mlp.gate_proj.weight"] = fc1.detach()[ffn:].clone()
         out[hf + "mlp.up_proj.weight"] = fc1.detach()[ffn:].clone()
         fc2 = _get(sd, pre + "mlp.linear_fc2.weight")
         _check_shape(pre + "mlp.linear_fc2.weight", fc2, (h, ffn))

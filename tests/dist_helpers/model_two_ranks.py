@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
@@ -106,9 +105,24 @@ def part_zero3(report: dict) -> None:
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config,
                                       mpu=MegatronMPU())
     engine.eval()
+    # The per-layer hidden-state recipe of builder.py: forward hooks, sequence-first [s, b, h].
+    shapes: dict[str, list[int]] = {}
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            shapes[name] = list(out.shape)
+        return record
+
+    handles = [model.embedding.register_forward_hook(hook("embedding")),
+               model.decoder.layers[1].register_forward_hook(hook("layer1")),
+               model.decoder.final_layernorm.register_forward_hook(hook("final_norm"))]
     with torch.no_grad():
         logits = engine(ids, pos, None)
+    for handle in handles:
+        handle.remove()
     report["zero3_logits_maxdiff"] = (logits - ref_logits).abs().max().item()
+    report["zero3_hook_shapes"] = shapes
 
 
 def main() -> None:
@@ -128,5 +142,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     assert os.environ.get("DS_ACCELERATOR") == "cpu", "run with DS_ACCELERATOR=cpu"
-    _ = math
     main()

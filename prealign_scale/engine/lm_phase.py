@@ -1,0 +1,138 @@
+"""Phase 2, LM pretraining on the shards (METHOD.md §3): packed samples in, next-token loss out.
+
+Targets are the stored ones (input-only code-switching lives in them), used as they are: the model gets
+``labels=targets`` with no shift. Attention is restricted to each packed document (``segments``), or plain
+causal with ``lm.doc_attention: false``. RoPE is relative, so restricting attention to the document makes
+every document see the same positions it would alone.
+
+Normalisation: the loss of a step is (sum of the token losses over all micro-batches and ranks) / (number of
+loss tokens over all micro-batches and ranks), not a mean of per-micro-batch means. The step's micro-batches
+are fetched first and their token count all-reduced; rank r then back-propagates, for each micro-batch,
+``grad_accum * dp * sum_{r,m} / N_tokens``: DeepSpeed's 1/grad_accum and its average over DP ranks turn
+that into exactly d(sum / N_tokens)/dθ.
+
+Loss implementations (``lm.lm_loss_impl``): ``megatron`` (the model's vocab-parallel cross-entropy: per-token
+losses from ``GPTModel(labels=...)``), or a fused linear cross-entropy of `prealign_scale.kernels.lm_head_loss`
+(``auto``, ``chunked``, ``liger``, ``naive``; TP=1) that never forms the [tokens, V] logits. For the fused
+path the GPTModel returns its final normed hidden states (``post_process`` off at the output layer) and
+`FusedLMHeadLoss`, a child module that registers the output layer's weight as a ZeRO-3 external parameter,
+computes the loss per language.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from prealign_scale.config import Config
+from prealign_scale.data.shard_format import IGNORE_INDEX
+from prealign_scale.data.shard_reader import ShardLoader, attention_mask_from_segments
+from prealign_scale.engine.collectives import all_reduce_sum
+
+FUSED_HEAD_ATTR = "prealign_fused_lm_head"
+
+
+class FusedLMHeadLoss(nn.Module):
+    """Per-language sums of the token losses of ``hidden @ output_layer.weightᵀ`` (fused, no logits)."""
+
+    def __init__(self, weight: nn.Parameter, impl: str):
+        super().__init__()
+        self._weight = [weight]  # owned by the output layer; registered as external under ZeRO-3
+        self.impl = impl
+
+    def forward(self, hidden: Tensor, targets: Tensor, token_lang: Tensor, n_langs: int) -> Tensor:
+        from prealign_scale.kernels.lm_head_loss import fused_linear_cross_entropy
+
+        h = hidden.reshape(-1, hidden.shape[-1])
+        t, lang = targets.reshape(-1), token_lang.reshape(-1)
+        sums = []
+        for i in range(n_langs):  # only this language's loss tokens: together one pass over the tokens
+            idx = ((lang == i) & (t != IGNORE_INDEX)).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                sums.append(h.sum().float() * 0.0)  # keeps the graph (and ZeRO-3's hooks) identical
+                continue
+            sums.append(fused_linear_cross_entropy(h[idx], self._weight[0], t[idx], reduction="sum",
+                                                   impl=self.impl).float())
+        return torch.stack(sums)
+
+
+def attach_fused_lm_head(model: nn.Module, impl: str) -> None:
+    """Make `model` return final hidden states and add the fused head (before deepspeed.initialize)."""
+    head = FusedLMHeadLoss(model.output_layer.weight, impl)
+    setattr(model, FUSED_HEAD_ATTR, head)
+    model.post_process = False  # GPTModel._postprocess returns the (final-normed) hidden states
+    if hasattr(model.output_layer.weight, "ds_id"):
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(head, model.output_layer.weight)
+
+
+class LMPhase:
+    name = "lm"
+
+    def __init__(self, cfg: Config, engine, *, dp_rank: int, dp_world_size: int, dp_group):
+        self.cfg, self.engine = cfg, engine
+        self.total_steps, self.grad_accum = cfg.lm.steps, int(cfg.lm.grad_accum)
+        self.dp_world_size, self.dp_group = dp_world_size, dp_group
+        self.loader = ShardLoader(cfg.data.shard_dir, cfg.lm.micro_batch_size, dp_rank=dp_rank,
+                                  dp_world_size=dp_world_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+        self.languages = self.loader.languages
+        self._it = None
+        self.fused = getattr(engine.module, FUSED_HEAD_ATTR, None)
+        self.device = next(engine.module.parameters()).device
+
+    # --- data ---------------------------------------------------------------------------------------------
+    def fetch(self) -> list[dict]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        return [next(self._it) for _ in range(self.grad_accum)]
+
+    def loader_state(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_loader_state(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+        self._it = None
+
+    # --- loss ---------------------------------------------------------------------------------------------
+    def prepare(self, batches: list[dict]) -> dict:
+        local = torch.tensor([sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches),
+                              sum(b["input_ids"].numel() for b in batches)], dtype=torch.float64)
+        total = all_reduce_sum(local.to(self.device), self.dp_group)
+        return {"lm_tokens": total[0].clamp_min(1.0).item(), "tokens": int(total[1].item())}
+
+    def micro_loss(self, batch: dict, ctx: dict) -> tuple[Tensor, dict]:
+        dev = self.device
+        ids, pos, targets = batch["input_ids"].to(dev), batch["position_ids"].to(dev), batch["targets"].to(dev)
+        lang = batch["token_lang"].to(dev)
+        mask = attention_mask_from_segments(batch["segments"].to(dev)) if self.cfg.lm.doc_attention else None
+        n_langs = len(self.languages)
+        loss_mask = targets != IGNORE_INDEX
+        if self.fused is None:
+            per_token = self.engine(ids, pos, mask, labels=targets.clamp(min=0)).float()  # [b, s]
+            per_token = per_token * loss_mask
+            total = per_token.sum()
+            lang_sums = torch.zeros(n_langs, dtype=torch.float64, device=dev)
+            lang_sums.index_add_(0, lang.reshape(-1), per_token.detach().double().reshape(-1))
+        else:
+            hidden = self.engine(ids, pos, mask).transpose(0, 1)  # [s, b, h] -> [b, s, h]
+            per_lang = self.fused(hidden, targets, lang, n_langs)
+            total, lang_sums = per_lang.sum(), per_lang.detach().double()
+        lang_counts = torch.zeros(n_langs, dtype=torch.float64, device=dev)
+        lang_counts.index_add_(0, lang.reshape(-1), loss_mask.double().reshape(-1))
+        loss = self.grad_accum * self.dp_world_size * total / ctx["lm_tokens"]
+        return loss, {"lang_sums": lang_sums, "lang_counts": lang_counts}
+
+    def step_metrics(self, stats: list[dict], ctx: dict) -> dict:
+        sums = all_reduce_sum(torch.stack([s["lang_sums"] for s in stats]).sum(0), self.dp_group)
+        counts = all_reduce_sum(torch.stack([s["lang_counts"] for s in stats]).sum(0), self.dp_group)
+        out = {"loss": (sums.sum() / ctx["lm_tokens"]).item(), "lm_loss": (sums.sum() / ctx["lm_tokens"]).item()}
+        for lang, s, c in zip(self.languages, sums.tolist(), counts.tolist()):
+            out[f"loss_{lang}"] = s / c if c > 0 else None
+        return out
+
+    def seq_len_for_flops(self, batches: list[dict]) -> int:
+        return int(self.cfg.model.seq_len)
+
+    def close(self) -> None:
+        self._it = None  # lets the DataLoader workers shut down
