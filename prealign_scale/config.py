@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-ALIGN_LOSS_IMPLS = ("reference", "chunked", "triton")
-LM_LOSS_IMPLS = ("megatron", "chunked", "triton")
+ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.kernels.align_loss
+LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
 PHASES = ("all", "align", "lm")
 DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -67,7 +67,7 @@ class AlignConfig:
     weight_decay: float = 0.1
     tau: float = 0.1
     alpha: float = 0.1  # total = L_LM + alpha * L_align
-    loss_impl: str = "reference"
+    loss_impl: str = "auto"  # triton on CUDA, chunked PyTorch elsewhere; naive = the plain reference
 
 
 @dataclass
@@ -82,7 +82,7 @@ class LMConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     doc_attention: bool = True  # attention restricted to each packed document; false: plain causal
-    lm_loss_impl: str = "megatron"
+    lm_loss_impl: str = "megatron"  # megatron's vocab-parallel CE; or a fused linear CE (TP=1)
 
 
 @dataclass
@@ -94,6 +94,7 @@ class RunSection:
     log_every: int = 1
     ckpt_every: int = 0  # 0: checkpoint only at each phase end (and on a pre-emption signal)
     keep_last: int = 2
+    stop_after: int | None = None  # stop (checkpoint, exit 0) after this many steps in this process
     export_hf: bool = True
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on rank 0
@@ -307,7 +308,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         _choice("dist.backend", cfg.dist.backend, ("gloo", "nccl"))
     _positive(cfg, "model.vocab_size", "model.seq_len", "model.tp", "align.entries_per_rank", "align.grad_accum",
               "align.global_entries", "align.lr", "align.tau", "lm.micro_batch_size", "lm.grad_accum",
-              "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "dist.timeout_minutes")
+              "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after",
+              "dist.timeout_minutes")
     _positive(cfg, "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay",
               "data.num_workers", "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", allow_zero=True)
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):

@@ -129,11 +129,9 @@ def test_rows_without_positive_are_skipped_and_all_singletons_raise():
     ids = torch.tensor([1, 2, 1, 3, 4, 5])  # only rows 0 and 2 have a positive
     sums, count = contrastive_alignment_loss_rows(vectors, vectors, ids, ids, 0, TAU)
     assert int(count) == 2
-    pair = vectors[:, [0, 2]]
-    # Rows 0 and 2 see all 6 words as candidates: compare with a brute force over the full batch.
+    # Rows 0 and 2 (with all 6 words as candidates) make the loss; the brute force skips the same rows.
     expected = brute_force(vectors, ids)
     torch.testing.assert_close(sums / 2, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
-    assert pair.shape == (2, 2, 4)
     with pytest.raises(ValueError, match="no word has a positive"):
         contrastive_alignment_loss(vectors, torch.arange(6), TAU)
     with pytest.raises(ValueError, match="no word has a positive"):
@@ -163,20 +161,20 @@ def test_positive_counts_matches_pairwise_definition():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(vectors_local=torch.randn(2, 3, 4), vectors_all=torch.randn(2, 8)), "vectors_all must be"),
-        (dict(vectors_local=torch.randn(3, 3, 4)), "must agree in layers"),
-        (dict(entry_local=torch.zeros(3, dtype=torch.int32)), "entry_local must be int64"),
-        (dict(entry_all=torch.zeros(7, dtype=torch.int64)), "entry_all must be int64"),
-        (dict(row_offset=6), "row_offset=6"),
-        (dict(tau=0.0), "tau must be > 0"),
-        (dict(entry_local=torch.tensor([9, 9, 9])), "entry_local must equal entry_all"),
+        ({"vectors_local": torch.randn(2, 3, 4), "vectors_all": torch.randn(2, 8)}, "vectors_all must be"),
+        ({"vectors_local": torch.randn(3, 3, 4)}, "must agree in layers"),
+        ({"entry_local": torch.zeros(3, dtype=torch.int32)}, "entry_local must be int64"),
+        ({"entry_all": torch.zeros(7, dtype=torch.int64)}, "entry_all must be int64"),
+        ({"row_offset": 6}, "row_offset=6"),
+        ({"tau": 0.0}, "tau must be > 0"),
+        ({"entry_local": torch.tensor([9, 9, 9])}, "entry_local must equal entry_all"),
     ],
 )
 @pytest.mark.parametrize("impl", ["naive", "chunked"])
 def test_bad_inputs_raise(kwargs, match, impl):
-    args = dict(vectors_local=torch.randn(2, 3, 4), vectors_all=torch.randn(2, 8, 4),
-                entry_local=torch.tensor([0, 1, 1]), entry_all=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
-                row_offset=1, tau=TAU)
+    args = {"vectors_local": torch.randn(2, 3, 4), "vectors_all": torch.randn(2, 8, 4),
+                "entry_local": torch.tensor([0, 1, 1]), "entry_all": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
+                "row_offset": 1, "tau": TAU}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         alignment_loss_rows(**args, impl=impl)
@@ -220,7 +218,8 @@ def test_chunked_matches_reference_fp64(L, N, H, block):
 
 @pytest.mark.parametrize(
     "dtype,rtol,atol",
-    [(torch.float32, 1e-5, 1e-6), (torch.bfloat16, 1e-5, 5e-3), (torch.float16, 1e-5, 5e-4)],
+    # gradient atol: one ulp of the dtype at the largest gradient (bf16 2^-7, fp16 2^-10)
+    [(torch.float32, 1e-5, 1e-6), (torch.bfloat16, 1e-5, 2**-7), (torch.float16, 1e-5, 2**-10)],
 )
 def test_chunked_matches_reference_low_precision(dtype, rtol, atol):
     # Both paths up-cast to fp32, so the loss agrees to fp32 rounding; gradients are returned in the
@@ -297,7 +296,7 @@ def test_fake_ranks_reproduce_single_process_loss_and_grads(impl, split):
     vectors, ids = make_batch(L, N, H, seed=11)
     ids[:2] = torch.tensor([1000, 1001])  # two singletons on the first rank
     sizes = list(split) + [N - sum(split)]
-    ref_mean, ref_layers, ref_grad = loss_and_grad("naive", vectors, ids)
+    _, ref_layers, ref_grad = loss_and_grad("naive", vectors, ids)
 
     local_leaves, gathered_leaves, sums, counts, off = [], [], [], [], 0
     for n in sizes:
@@ -402,7 +401,7 @@ def _triton_checks() -> None:
 def test_triton_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0 and "TRITON_CHECKS_OK" in proc.stdout, proc.stdout + proc.stderr
 
 

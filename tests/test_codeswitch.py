@@ -10,12 +10,12 @@ import pytest
 from prealign_scale.alignment.codeswitch import (
     CloneSwitcher,
     DictionarySwitcher,
-    leading_space_mask,
     switch_document,
 )
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
 from prealign_scale.data.shard_format import IGNORE_INDEX
 from prealign_scale.data.tokenizer import mid_sentence_ids, train_bpe
+from prealign_scale.data.word_encoder import RustWordEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 IGN = IGNORE_INDEX
@@ -41,9 +41,8 @@ def make_table(tok, pairs, split=ALIGN):
 
 
 def run(tok, text, switcher, p=1.0, seed=0, doc_id="en/0"):
-    e = tok.backend_tokenizer.encode(text, add_special_tokens=False)
-    return switch_document(np.array(e.ids), np.array(e.word_ids), text, np.array(e.offsets), switcher, p, seed,
-                           doc_id, leading_space_mask(tok.backend_tokenizer))
+    e = RustWordEncoder(tok.backend_tokenizer).encode(text)
+    return switch_document(e.ids, e.word_ids, e.word, switcher, p, seed, doc_id)
 
 
 def test_one_token_word_switched_to_multi_token_target(tok):

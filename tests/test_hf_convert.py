@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 
@@ -247,12 +248,10 @@ def test_conversion_errors_name_the_problem(model, tmp_path):
     sd = model.state_dict()
     with pytest.raises(ValueError, match=r"embedding.word_embeddings.weight: shape \(1024, 64\)"):
         megatron_to_hf_state_dict(sd, TINY, 2048)
-    other = get_preset("synth-3m")
     with pytest.raises(ValueError, match="linear_qkv.weight"):
-        megatron_to_hf_state_dict({**sd, "embedding.word_embeddings.weight": torch.zeros(VOCAB, 64)},
-                                  TINY.__class__(**{**TINY.__dict__, "num_query_groups": 4}), VOCAB)
+        megatron_to_hf_state_dict(sd, dataclasses.replace(TINY, num_query_groups=4), VOCAB)
     with pytest.raises(KeyError, match="decoder.layers.2"):
-        megatron_to_hf_state_dict(sd, other.__class__(**{**TINY.__dict__, "num_layers": 3}), VOCAB)
+        megatron_to_hf_state_dict(sd, dataclasses.replace(TINY, num_layers=3), VOCAB)
     with pytest.raises(FileNotFoundError, match="config.json"):
         import_hf(tmp_path)
     with pytest.raises(KeyError, match="linear_fc1.weight"):

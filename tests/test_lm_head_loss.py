@@ -58,7 +58,8 @@ def test_chunked_matches_cross_entropy_fp64(T, H, V, chunk):
 
 
 @pytest.mark.parametrize(
-    "dtype,loss_rtol,grad_atol", [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-3, 2e-2), (torch.float16, 1e-3, 2e-3)]
+    "dtype,loss_rtol,grad_atol",
+    [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-3, 2e-2), (torch.float16, 1e-3, 2e-3)],
 )
 def test_chunked_matches_cross_entropy_low_precision(dtype, loss_rtol, grad_atol):
     hidden, weight, targets = make_inputs(90, 16, 200, dtype=dtype, seed=3)
@@ -140,18 +141,19 @@ def test_default_chunk_size():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(hidden=torch.randn(4, 3)), "same H"),
-        (dict(targets=torch.zeros(4, dtype=torch.int32)), "targets must be int64"),
-        (dict(targets=torch.tensor([0, 1, 9, 2])), r"targets\[2\] = 9"),
-        (dict(targets=torch.tensor([0, -1, 2, 2])), r"targets\[1\] = -1"),
-        (dict(weight=torch.randn(9, 5, dtype=torch.float64)), "must share a float dtype"),
-        (dict(reduction="none"), "reduction must be one of"),
-        (dict(impl="cut"), "impl must be one of"),
-        (dict(chunk_size=0), "chunk_size must be >= 1"),
+        ({"hidden": torch.randn(4, 3)}, "same H"),
+        ({"targets": torch.zeros(4, dtype=torch.int32)}, "targets must be int64"),
+        ({"targets": torch.tensor([0, 1, 9, 2])}, r"targets\[2\] = 9"),
+        ({"targets": torch.tensor([0, -1, 2, 2])}, r"targets\[1\] = -1"),
+        ({"weight": torch.randn(9, 5, dtype=torch.float64)}, "must share a float dtype"),
+        ({"reduction": "none"}, "reduction must be one of"),
+        ({"impl": "cut"}, "impl must be one of"),
+        ({"chunk_size": 0}, "chunk_size must be >= 1"),
     ],
 )
 def test_bad_inputs_raise(kwargs, match):
-    args = dict(hidden=torch.randn(4, 5), weight=torch.randn(9, 5), targets=torch.tensor([0, 1, -100, 8]))
+    args = {"hidden": torch.randn(4, 5), "weight": torch.randn(9, 5), "targets": torch.tensor([0, 1, -100, 8]),
+                "impl": "chunked"}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        fused_linear_cross_entropy(**args, impl=args.pop("impl", "chunked"))
+        fused_linear_cross_entropy(**args)

@@ -160,7 +160,7 @@ def _attention_pair(attn_mask_type):
     from prealign_scale.model.sdpa_attention import SDPAttention
 
     config = make_transformer_config(get_preset("tiny"))  # 4 heads, 2 query groups, head dim 16
-    kwargs = dict(config=config, layer_number=1, attn_mask_type=attn_mask_type, attention_type="self")
+    kwargs = {"config": config, "layer_number": 1, "attn_mask_type": attn_mask_type, "attention_type": "self"}
     return DotProductAttention(**kwargs), SDPAttention(**kwargs)
 
 
@@ -263,6 +263,20 @@ def test_bad_arguments_are_rejected(world1):
             build_gpt_model(tiny, 1024, 128, recompute_activations=True)
 
 
+def test_bf16_build_has_one_dtype(world1):
+    model = build("tiny", 1024, params_dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ids = torch.randint(0, 1024, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert model(ids, torch.arange(6)[None], None).dtype == torch.bfloat16
+
+
+def test_init_model_parallel_needs_a_process_group(world1, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):
+        init_model_parallel(1)
+
+
 def test_pad_vocab_size():
     assert pad_vocab_size(16384) == 16384
     assert pad_vocab_size(50257) == 50304
@@ -279,7 +293,7 @@ def test_two_ranks_tensor_parallel_and_zero3_partitioned_build(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(REPO / "tests/dist_helpers/model_two_ranks.py"),
            "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     preset = get_preset("tiny")
     scaled = 0.02 / math.sqrt(2 * preset.num_layers)

@@ -76,10 +76,10 @@ def test_unknown_preset_lists_the_known_names():
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (dict(hidden_size=65), "num_attention_heads"),
-        (dict(num_query_groups=3), "num_query_groups"),
-        (dict(num_layers=0), "num_layers"),
-        (dict(hidden_size=40, num_attention_heads=8), "head dim"),
+        ({"hidden_size": 65}, "num_attention_heads"),
+        ({"num_query_groups": 3}, "num_query_groups"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"hidden_size": 40, "num_attention_heads": 8}, "head dim"),
     ],
 )
 def test_invalid_shapes_are_rejected(change, field):

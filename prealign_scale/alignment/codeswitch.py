@@ -21,30 +21,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from prealign_scale.alignment.table import ALIGN, AlignmentTable
 from prealign_scale.data.shard_format import IGNORE_INDEX
 
-SPACE_MARKERS = ("Ġ", "▁", " ")
-
-
 class Switcher(Protocol):
     """What a dictionary offers the switcher: the translations (token tuples) of one source word."""
 
     def translations(self, word: str, token_ids: tuple[int, ...], leading_space: bool) -> list[tuple[int, ...]]:
         ...
-
-
-def leading_space_mask(tokenizer) -> np.ndarray:
-    """bool[V]: token id starts with a word-boundary space (byte-level 'Ġ' or SentencePiece '▁')."""
-    vocab = tokenizer.get_vocab()
-    mask = np.zeros(max(vocab.values()) + 1, dtype=bool)
-    for tok, i in vocab.items():
-        mask[i] = tok.startswith(SPACE_MARKERS)
-    return mask
 
 
 class DictionarySwitcher:
@@ -137,20 +125,17 @@ class SwitchedDoc:
 def switch_document(
     ids: np.ndarray,
     word_ids: np.ndarray,
-    text: str,
-    offsets,
+    word_text: Callable[[int, int, int], str],
     switcher: Switcher | None,
     p: float,
     seed: int,
     doc_id: str,
-    space_mask: np.ndarray | None = None,
 ) -> SwitchedDoc:
     """Code-switch one tokenised document.
 
     ids: int array [n] of token ids; word_ids: int array [n], the pre-tokenizer word index of every token
-    (non-decreasing); offsets: [n] (start, end) character spans in `text` (the tokenizer's list as it is:
-    only the few candidate words are looked at, so it is never converted); space_mask: bool[V] from
-    :func:`leading_space_mask` (else a space before the word in `text` decides).
+    (non-decreasing; `Encoding.word_ids`); word_text(k, a, b): word k (tokens a..b) as written, with its
+    leading space (see prealign_scale/data/word_encoder.py); asked only for the few candidate words.
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = ids.size
@@ -164,36 +149,35 @@ def switch_document(
     u = rng.random(n_words)
     c = rng.random(n_words)
 
+    # 1. decide: candidates (u < p) that the dictionary covers, with their chosen translation
+    cand = np.flatnonzero(u < p)  # a few percent of the words
+    cs, ce = starts[cand].tolist(), ends[cand].tolist()
+    switches = []  # (a, b, new tokens)
+    for k, a, b, ck in zip(cand.tolist(), cs, ce, c[cand].tolist()):
+        orig = tuple(ids[a:b].tolist())
+        word = word_text(k, a, b)  # the word as written, with its leading space if any
+        stripped = word.strip()
+        if not stripped:
+            continue
+        options = switcher.translations(stripped, orig, word[:1].isspace())
+        if options:
+            switches.append((a, b, options[int(ck * len(options))]))
+    if not switches:
+        return SwitchedDoc(ids, ids.copy(), np.zeros(0, dtype=np.int64))
+
+    # 2. rebuild: untouched stretches interleaved with the switched words
     pieces_ids, pieces_lab, switch_starts = [], [], []
-    prev = 0  # next original token not yet copied
-    out_len = 0
-    for k in np.flatnonzero(u < p):  # candidates only: a few percent of the words
-        a, b = int(starts[k]), int(ends[k])
-        word = text[int(offsets[a][0]) : int(offsets[b - 1][1])]
-        if not word or not any(ch.isalpha() for ch in word):
-            continue
-        orig = tuple(int(t) for t in ids[a:b])
-        if space_mask is not None and orig[0] < space_mask.size:
-            lead = bool(space_mask[orig[0]])
-        else:
-            lead = offsets[a][0] > 0 and text[int(offsets[a][0]) - 1].isspace()
-        options = switcher.translations(word.strip(), orig, lead)
-        if not options:
-            continue
-        new = np.asarray(options[int(c[k] * len(options))], dtype=np.int64)
-        # copy the untouched stretch before the word, then the switched word
+    prev = out_len = 0  # next original token not yet copied; length of the output so far
+    for a, b, new in switches:
         pieces_ids.append(ids[prev:a])
         pieces_lab.append(ids[prev:a])
         out_len += a - prev
-        lab = np.full(new.size, IGNORE_INDEX, dtype=np.int64)
-        lab[0] = orig[0]  # the position before predicts the ORIGINAL word's first token
-        pieces_ids.append(new)
-        pieces_lab.append(lab)
+        pieces_ids.append(np.array(new, dtype=np.int64))
+        # the position before the word predicts the ORIGINAL word's first token; the rest is ignored
+        pieces_lab.append(np.array((int(ids[a]),) + (IGNORE_INDEX,) * (len(new) - 1), dtype=np.int64))
         switch_starts.append(out_len)
-        out_len += new.size
+        out_len += len(new)
         prev = b
-    if not switch_starts:
-        return SwitchedDoc(ids, ids.copy(), np.zeros(0, dtype=np.int64))
     pieces_ids.append(ids[prev:])
     pieces_lab.append(ids[prev:])
     return SwitchedDoc(

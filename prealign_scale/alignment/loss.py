@@ -105,7 +105,7 @@ def contrastive_alignment_loss_rows(
     ``Σ_ranks sums[ℓ] / Σ_ranks count``.
     """
     check_rows_inputs(vectors_local, vectors_all, entry_local, entry_all, row_offset, tau)
-    L, n, _ = vectors_local.shape
+    n = vectors_local.shape[1]
     N = vectors_all.shape[1]
     zq, zk = normalize_rows(vectors_local), normalize_rows(vectors_all)
 

@@ -92,11 +92,12 @@ def prepare(cfg: BuildConfig) -> Prepared:
 
 
 def _prepare(cfg: BuildConfig) -> Prepared:
-    from prealign_scale.alignment.codeswitch import leading_space_mask, make_switcher
+    from prealign_scale.alignment.codeswitch import make_switcher
     from prealign_scale.alignment.table import AlignmentTable
     from prealign_scale.data.corpus import CorpusError, check_corpus
     from prealign_scale.data.doc_chunks import ChunkContext
     from prealign_scale.data.tokenizer import load_tokenizer, tokenizer_sha256
+    from prealign_scale.data.word_encoder import word_encoder
 
     _check_numbers(cfg)
     if not cfg.corpora:
@@ -154,18 +155,17 @@ def _prepare(cfg: BuildConfig) -> Prepared:
             raise BuildError("table: clone_langs need a Clone table (data_tools/make_english_clone.py)")
     clone_offset = V if cfg.clone_langs or (table is not None and table.meta.get("kind") == "clone") else 0
 
-    space_mask = leading_space_mask(tok)
     switcher = make_switcher(table, tok, _source_lang(cfg, table), cfg.include_heldout) if cfg.p > 0 else None
+    encoder = word_encoder(tok)
     contexts = {}
     for lang in cfg.corpora:
         contexts[lang] = ChunkContext(
-            tokenizer=tok,
+            encoder=encoder,
             switcher=switcher if lang in cfg.resolved_switch_langs() else None,
             p=cfg.p,
             seed=cfg.seed,
             eos_id=int(hf_tok.eos_token_id),
             clone_offset=V if lang in cfg.clone_langs else 0,
-            space_mask=space_mask,
         )
     return Prepared(contexts, V + clone_offset, clone_offset, int(hf_tok.eos_token_id), hf_tok.pad_token_id,
                     tok_sha, table.sha256() if table is not None else None)

@@ -172,8 +172,8 @@ def write_shard(out_dir: Path, shard: int) -> dict:
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     lang_tokens: dict[str, int] = {}
     for s in samples:
-        for k, lang in enumerate(s.langs):
-            lang_tokens[lang] = lang_tokens.get(lang, 0) + int(np.count_nonzero(s.segments == k))
+        for lang, n in zip(s.langs, np.bincount(s.segments)):
+            lang_tokens[lang] = lang_tokens.get(lang, 0) + int(n)
     record = {
         "name": name,
         "samples": len(samples),

@@ -32,13 +32,12 @@ from prealign_scale.data.shard_format import IGNORE_INDEX
 class ChunkContext:
     """Everything a worker needs to process a chunk of one language (built once per worker)."""
 
-    tokenizer: object  # tokenizers.Tokenizer
+    encoder: object  # prealign_scale.data.word_encoder: ids + word segmentation of a document
     switcher: Switcher | None  # None: no switching for this language
     p: float
     seed: int
     eos_id: int
     clone_offset: int  # > 0: this language is rendered as English-Clone (ids + offset)
-    space_mask: np.ndarray | None
 
 
 def chunk_name(lang: str, index: int) -> str:
@@ -51,23 +50,13 @@ def process_chunk(docs: list[tuple[str, str]], ctx: ChunkContext) -> dict:
     pos = 0
     eos = np.array([ctx.eos_id], dtype=np.int64)
     for doc_id, text in docs:
-        enc = ctx.tokenizer.encode(text, add_special_tokens=False)
-        ids = np.asarray(enc.ids, dtype=np.int64)
+        enc = ctx.encoder.encode(text, with_words=ctx.switcher is not None)
+        ids = enc.ids
         if ctx.clone_offset:
             # English-Clone: the same tokens in the upper half of the vocabulary; nothing is switched.
             sw_ids, sw_lab, starts = ids + ctx.clone_offset, ids + ctx.clone_offset, np.zeros(0, np.int64)
         else:
-            d = switch_document(
-                ids,
-                np.asarray(enc.word_ids, dtype=np.int64) if ctx.switcher is not None else None,
-                text,
-                enc.offsets,
-                ctx.switcher,
-                ctx.p,
-                ctx.seed,
-                doc_id,
-                ctx.space_mask,
-            )
+            d = switch_document(ids, enc.word_ids, enc.word, ctx.switcher, ctx.p, ctx.seed, doc_id)
             sw_ids, sw_lab, starts = d.input_ids, d.labels, d.switch_starts
         if sw_lab.size:
             # The first token of a document is never a target: the position before it is the previous

@@ -169,12 +169,18 @@ def shard_samples(plan: Plan, shard: int, chunks: ChunkArrays) -> list[Sample]:
         d += 1
     ids, lab = np.concatenate(ids_parts), np.concatenate(lab_parts)
     docs, sw = np.concatenate(doc_parts), np.concatenate(sw_parts)
+    # switched words whose first token is an input of sample j: positions in [a + jL, a + (j+1)L)
+    sw_counts = np.diff(np.searchsorted(np.sort(sw), a + np.arange(S + 1) * L))
     samples = []
     for j in range(S):
         o = j * L
         seg_docs = docs[o : o + L]
-        uniq, segments = np.unique(seg_docs, return_inverse=True)
-        n_sw = int(np.count_nonzero((sw >= a + o) & (sw < a + o + L)))
+        change = np.flatnonzero(np.diff(seg_docs)) + 1  # documents appear in stream order
+        segments = np.zeros(L, dtype=np.int64)
+        segments[change] = 1
+        segments = np.cumsum(segments)
+        uniq = seg_docs[np.concatenate(([0], change))]
+        n_sw = int(sw_counts[j])
         samples.append(Sample(
             input_ids=ids[o : o + L].astype(np.uint32),
             targets=lab[o + 1 : o + L + 1].astype(np.int32),

@@ -121,10 +121,11 @@ class CheckpointManager:
         return sorted((i for i in found if i is not None), key=lambda i: i.order)
 
     # --- writing (collective: every rank calls) -----------------------------------------------------------
-    def save(self, engine, cfg: Config, *, phase: str, step: int, phase_steps: int, loader_state: dict) -> str:
+    def save(self, engine, cfg: Config, *, phase: str, step: int, phase_steps: int, train_state: dict) -> str:
+        """Checkpoint `engine` as tag <phase>-step<step>; `train_state` = loader position and counters."""
         tag = make_tag(phase, step)
         client_state = {"prealign": {"phase": phase, "step": step, "phase_steps": phase_steps,
-                                     "loader": loader_state, "rng": rng_state()}}
+                                     "train": train_state, "rng": rng_state()}}
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
         _barrier()  # every rank's files are on disk
         if _rank() == 0:
@@ -145,7 +146,8 @@ class CheckpointManager:
     def load(self, engine, info: CheckpointInfo, *, restore_training_state: bool) -> dict:
         """Load weights + optimizer into a freshly built `engine`; return our client state.
 
-        With `restore_training_state`, the RNG states are restored too (the caller restores the loader).
+        With `restore_training_state`, the RNG states are restored too; the caller restores
+        ``ours["train"]`` (loader position, counters).
         """
         path, client = engine.load_checkpoint(str(self.root), tag=info.tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=False)

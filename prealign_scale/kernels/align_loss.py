@@ -71,19 +71,26 @@ def _normalize_with_norm(r: Tensor) -> tuple[Tensor, Tensor]:
     return v / norm, norm
 
 
-def _normalize_backward(z: Tensor, norm: Tensor, dz: Tensor) -> Tensor:
-    """dL/dr for z = r / max(‖r‖, eps): (dz − z (z·dz)) / ‖r‖, or dz / eps where the clamp is active."""
-    projected = (dz - z * (z * dz).sum(dim=-1, keepdim=True)) / norm
-    return torch.where(norm > _EPS, projected, dz / _EPS)
+def _normalize_backward_(z: Tensor, norm: Tensor, dz: Tensor) -> Tensor:
+    """dL/dr for z = r / max(‖r‖, eps), computed in place in dz: (dz − z (z·dz)) / ‖r‖, or dz / eps where
+    the clamp is active (there z = r / eps is linear in r)."""
+    dot = torch.matmul(z.unsqueeze(-2), dz.unsqueeze(-1)).squeeze(-1)  # [..., 1], no [L, N, H] temporary
+    dot = torch.where(norm > _EPS, dot, torch.zeros_like(dot))
+    return dz.addcmul_(z, dot, value=-1.0).div_(norm)
 
 
 class _BlockwiseAlignRows(torch.autograd.Function):
-    """Per-layer sums of the row losses of the local rows, blockwise; see the module docstring."""
+    """Per-layer sums of the row losses of the local rows, blockwise; see the module docstring.
+
+    ``shared=True`` means vectors_local and vectors_all are the same tensor (the single-process loss): the
+    normalised copy and the gradient buffer are then shared, and the whole gradient is returned once.
+    """
 
     @staticmethod
-    def forward(ctx, vectors_local, vectors_all, entry_local, entry_all, row_offset, tau, impl, block_size):
+    def forward(ctx, vectors_local, vectors_all, entry_local, entry_all, row_offset, tau, impl, block_size,
+                shared):
         zq, _ = _normalize_with_norm(vectors_local)
-        zk, _ = _normalize_with_norm(vectors_all)
+        zk = zq if shared else _normalize_with_norm(vectors_all)[0]
         npos = positive_counts(entry_local, entry_all)
         active = npos > 0
         if impl == "chunked":
@@ -100,16 +107,16 @@ class _BlockwiseAlignRows(torch.autograd.Function):
         row_loss = torch.where(active, row_loss, torch.zeros_like(row_loss))
         count = active.sum()
         ctx.save_for_backward(vectors_local, vectors_all, entry_local, entry_all, lse, npos)
-        ctx.row_offset, ctx.tau, ctx.impl, ctx.block_size = row_offset, tau, impl, block_size
+        ctx.args = (row_offset, tau, impl, block_size, shared)
         ctx.mark_non_differentiable(count)
         return row_loss.sum(dim=-1), count
 
     @staticmethod
     def backward(ctx, grad_sums, _grad_count):
         vectors_local, vectors_all, entry_local, entry_all, lse, npos = ctx.saved_tensors
-        tau, impl, block_size, row_offset = ctx.tau, ctx.impl, ctx.block_size, ctx.row_offset
+        row_offset, tau, impl, block_size, shared = ctx.args
         zq, norm_q = _normalize_with_norm(vectors_local)
-        zk, norm_k = _normalize_with_norm(vectors_all)
+        zk, norm_k = (zq, norm_q) if shared else _normalize_with_norm(vectors_all)
         active = npos > 0
         # Per-row coefficients: 1 for rows with a positive, 0 for skipped rows (with lse = +inf there, so
         # exp(S − lse) = 0 and nothing reaches them). The upstream gradient of each layer multiplies the
@@ -119,7 +126,7 @@ class _BlockwiseAlignRows(torch.autograd.Function):
         lse = torch.where(active, lse, torch.full_like(lse, float("inf")))
         if impl == "chunked":
             dzq, dzk = rows_backward_chunked(zq, zk, entry_local, entry_all, row_offset, tau, lse, coef,
-                                             coef_pos, block_size)
+                                             coef_pos, block_size, shared=shared)
         else:
             from prealign_scale.kernels.align_loss_triton import rows_backward_triton
 
@@ -127,12 +134,16 @@ class _BlockwiseAlignRows(torch.autograd.Function):
             g_zk, dzk = rows_backward_triton((zq / tau).to(op).contiguous(), zk.to(op).contiguous(),
                                              entry_local.contiguous(), entry_all.contiguous(), row_offset,
                                              lse, coef, coef_pos, block_size)
-            dzq, dzk = g_zk.to(zq.dtype) / tau, dzk.to(zq.dtype)
+            dzq, dzk = g_zk.to(zq.dtype).div_(tau), dzk.to(zq.dtype)
+            if shared:
+                dzq.add_(dzk)
+                dzk = dzq
         layer_grad = grad_sums.to(zq.dtype)[:, None, None]
-        dzq, dzk = dzq * layer_grad, dzk * layer_grad
-        grad_local = _normalize_backward(zq, norm_q, dzq).to(vectors_local.dtype)
-        grad_all = _normalize_backward(zk, norm_k, dzk).to(vectors_all.dtype)
-        return grad_local, grad_all, None, None, None, None, None, None
+        grad_local = _normalize_backward_(zq, norm_q, dzq.mul_(layer_grad)).to(vectors_local.dtype)
+        if shared:  # the same tensor: its whole gradient is returned once
+            return grad_local, None, None, None, None, None, None, None, None
+        grad_all = _normalize_backward_(zk, norm_k, dzk.mul_(layer_grad)).to(vectors_all.dtype)
+        return grad_local, grad_all, None, None, None, None, None, None, None
 
 
 def alignment_loss_rows(
@@ -159,8 +170,9 @@ def alignment_loss_rows(
     block = DEFAULT_BLOCK[impl] if block_size is None else int(block_size)
     if block < 1:
         raise ValueError(f"{_WHERE}: block_size must be >= 1, got {block_size!r}")
+    shared = vectors_local is vectors_all and row_offset == 0
     return _BlockwiseAlignRows.apply(vectors_local, vectors_all, entry_local, entry_all, row_offset,
-                                     float(tau), impl, block)
+                                     float(tau), impl, block, shared)
 
 
 def alignment_loss(
@@ -210,7 +222,7 @@ def distributed_alignment_loss(
 
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    L, n, H = vectors_local.shape
+    n = vectors_local.shape[1]
     device = vectors_local.device
     size = torch.tensor([n], dtype=torch.int64, device=device)
     sizes_t = [torch.zeros_like(size) for _ in range(world)]

@@ -31,18 +31,18 @@ NEG_INF = float("-inf")
 
 def _tile(
     q: Tensor, zk: Tensor, eq: Tensor, ek: Tensor, rows_global: Tensor, j0: int, j1: int, tau: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits of one tile with the self column at −inf, its positive mask and its validity mask.
+) -> tuple[Tensor, Tensor]:
+    """Logits of one tile with the self column at −inf, and its positive mask.
 
     q [L, b, H] are query rows whose own columns are ``rows_global`` [b]; the tile spans key columns
-    j0..j1-1. Returns s [L, b, c], pos_mask [b, c], not_self [b, c].
+    j0..j1-1. Returns s [L, b, c] and pos_mask [b, c].
     """
     cols = torch.arange(j0, j1, device=q.device)
     not_self = rows_global[:, None] != cols[None, :]
     pos_mask = (eq[:, None] == ek[None, j0:j1]) & not_self
     s = torch.matmul(q, zk[:, j0:j1].transpose(1, 2)) / tau
     s = s.masked_fill(~not_self, NEG_INF)
-    return s, pos_mask, not_self
+    return s, pos_mask
 
 
 def rows_forward_chunked(
@@ -65,7 +65,7 @@ def rows_forward_chunked(
         run_pos = torch.zeros(L, i1 - i0, dtype=zq.dtype, device=zq.device)
         for j0 in range(0, N, block_size):
             j1 = min(j0 + block_size, N)
-            s, pos_mask, _ = _tile(q, zk, eq[i0:i1], ek, rows_global, j0, j1, tau)
+            s, pos_mask = _tile(q, zk, eq[i0:i1], ek, rows_global, j0, j1, tau)
             run_pos += torch.where(pos_mask, s, torch.zeros_like(s)).sum(dim=-1)
             new_max = torch.maximum(run_max, s.amax(dim=-1))
             # A row whose columns so far are all −inf (only its own column seen): subtract 0, not −inf.
@@ -89,16 +89,18 @@ def rows_backward_chunked(
     coef: Tensor,
     coef_pos: Tensor,
     block_size: int,
+    shared: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(dzq [L, n, H], dzk [L, N, H]): gradients w.r.t. the normalised queries and keys.
 
     lse [L, n] must be +inf for rows that are skipped (so exp(S − lse) = 0 there); coef [L, n] is the
-    upstream gradient of each row's layer sum (0 for skipped rows) and coef_pos = coef / |P(i)|.
+    weight of each row's loss (0 for skipped rows) and coef_pos = coef / |P(i)|. ``shared``: zq and zk are
+    the same tensor; then one buffer receives both the row and the column gradients (returned twice).
     """
-    L, n, _ = zq.shape
+    n = zq.shape[1]
     N = zk.shape[1]
     dzq = torch.zeros_like(zq)
-    dzk = torch.zeros_like(zk)
+    dzk = dzq if shared else torch.zeros_like(zk)
     for i0 in range(0, n, block_size):
         i1 = min(i0 + block_size, n)
         q = zq[:, i0:i1]
@@ -106,7 +108,7 @@ def rows_backward_chunked(
         lse_i, c_i, cp_i = lse[:, i0:i1, None], coef[:, i0:i1, None], coef_pos[:, i0:i1, None]
         for j0 in range(0, N, block_size):
             j1 = min(j0 + block_size, N)
-            s, pos_mask, _ = _tile(q, zk, eq[i0:i1], ek, rows_global, j0, j1, tau)
+            s, pos_mask = _tile(q, zk, eq[i0:i1], ek, rows_global, j0, j1, tau)
             g = c_i * torch.exp(s - lse_i) - torch.where(pos_mask, cp_i, torch.zeros_like(cp_i))
             g = g / tau
             dzq[:, i0:i1] += torch.matmul(g, zk[:, j0:j1])

@@ -187,18 +187,18 @@ def _launch_params(zq: Tensor, block_size: int) -> dict:
         )
     H = zq.shape[2]
     acc = torch.float64 if zq.dtype == torch.float64 else torch.float32
-    return dict(
-        BLOCK_M=block_size,
-        BLOCK_N=block_size,
-        BLOCK_K=max(16, min(64, triton.next_power_of_2(H))),
-        ACC=_TL_DTYPE[acc],
+    return {
+        "BLOCK_M": block_size,
+        "BLOCK_N": block_size,
+        "BLOCK_K": max(16, min(64, triton.next_power_of_2(H))),
+        "ACC": _TL_DTYPE[acc],
         # fp32/fp64 operands: exact products (no tf32); bf16/fp16 operands ignore the setting.
-        PREC="ieee",
+        "PREC": "ieee",
         # tl.dot operand dtype: the input dtype (bf16/fp16 tensor cores on GPU). Interpreter accommodation:
         # triton 3.9's interpreter multiplies the raw bits of bf16 operands (results ~1e10), so under
         # TRITON_INTERPRET=1 bf16 tiles are up-cast to fp32 after loading (values stay bf16-rounded).
-        DOT=tl.float32 if (zq.dtype == torch.bfloat16 and _interpreted()) else _TL_DTYPE[zq.dtype],
-    ), acc
+        "DOT": tl.float32 if (zq.dtype == torch.bfloat16 and _interpreted()) else _TL_DTYPE[zq.dtype],
+    }, acc
 
 
 def rows_forward_triton(

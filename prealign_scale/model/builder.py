@@ -47,7 +47,7 @@ def transformer_engine_available() -> bool:
         return False
     try:
         import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # a broken TE install (e.g. no CUDA) is treated as absent
+    except (ImportError, OSError, RuntimeError):  # a broken TE install (e.g. no CUDA) is treated as absent
         return False
     return True
 
@@ -96,7 +96,7 @@ def make_transformer_config(
                          "restores CUDA RNG states")
     recompute: dict[str, Any] = {}
     if recompute_activations:
-        recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+        recompute = {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
     return TransformerConfig(
         num_layers=preset.num_layers,
         hidden_size=preset.hidden_size,
@@ -203,7 +203,9 @@ def build_gpt_model(
         )
 
     if ds_config is None:
-        return construct()
+        # The local spec's torch.nn.RMSNorm ignores params_dtype (fp32 weights): cast everything to one dtype.
+        # (zero.Init below casts to the config's dtype itself; DeepSpeed's engine does the same.)
+        return construct().to(params_dtype)
     import deepspeed
     import deepspeed.comm
 

@@ -81,7 +81,7 @@ def megatron_to_hf_state_dict(sd: dict, preset: ModelPreset, vocab_size: int) ->
         out[hf + "self_attn.o_proj.weight"] = proj.detach().clone()
         fc1 = _get(sd, pre + "mlp.linear_fc1.weight")
         _check_shape(pre + "mlp.linear_fc1.weight", fc1, (2 * ffn, h))
-        out[hf + "mlp.gate_proj.weight"] = fc1.detach()[ffn:].clone()
+        out[hf + "mlp.gate_proj.weight"] = fc1.detach()[:ffn].clone()
         out[hf + "mlp.up_proj.weight"] = fc1.detach()[ffn:].clone()
         fc2 = _get(sd, pre + "mlp.linear_fc2.weight")
         _check_shape(pre + "mlp.linear_fc2.weight", fc2, (h, ffn))
@@ -341,9 +341,15 @@ def preset_from_hf_config(config) -> ModelPreset:
     if head_dim * heads != config.hidden_size:
         raise ValueError(f"import_hf: config.json head_dim={head_dim} x heads={heads} != hidden_size="
                          f"{config.hidden_size}; not supported")
-    shape = dict(num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, num_attention_heads=heads,
-                 num_query_groups=config.num_key_value_heads or heads, ffn_hidden_size=config.intermediate_size,
-                 rotary_base=float(rope.get("rope_theta", 10000.0)), norm_eps=float(config.rms_norm_eps))
+    shape = {
+        "num_layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "num_attention_heads": heads,
+        "num_query_groups": config.num_key_value_heads or heads,
+        "ffn_hidden_size": config.intermediate_size,
+        "rotary_base": float(rope.get("rope_theta", 10000.0)),
+        "norm_eps": float(config.rms_norm_eps),
+    }
     for p in PRESETS.values():
         if all(getattr(p, k) == v for k, v in shape.items()):
             return p

@@ -23,12 +23,9 @@ One deliberate difference: a query row whose keys are *all* blocked. megatron fi
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from megatron.core import tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.process_groups_config import ProcessGroupCollection
@@ -36,6 +33,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
+from torch import Tensor
 
 
 class SDPAttention(MegatronModule):
@@ -47,10 +45,10 @@ class SDPAttention(MegatronModule):
         layer_number: int,
         attn_mask_type: AttnMaskType,
         attention_type: str,
-        attention_dropout: Optional[float] = None,
-        softmax_scale: Optional[float] = None,
-        cp_comm_type: Optional[str] = None,
-        pg_collection: Optional[ProcessGroupCollection] = None,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection: ProcessGroupCollection | None = None,
     ):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
@@ -86,16 +84,16 @@ class SDPAttention(MegatronModule):
         query: Tensor,
         key: Tensor,
         value: Tensor,
-        attention_mask: Optional[Tensor],
-        attn_mask_type: Optional[AttnMaskType] = None,
-        attention_bias: Optional[Tensor] = None,
-        packed_seq_params: Optional[PackedSeqParams] = None,
+        attention_mask: Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: Tensor | None = None,
+        packed_seq_params: PackedSeqParams | None = None,
     ) -> Tensor:
         if packed_seq_params is not None:
             raise ValueError("SDPAttention: packed sequences (thd) need Transformer Engine's attention")
         if attention_bias is not None:
             raise ValueError("SDPAttention: attention_bias is not supported")
-        sq, b, np_, hn = query.shape
+        sq, b = query.shape[0], query.shape[1]
         sk = key.size(0)
 
         # [s, b, heads, hn] -> [b, heads, s, hn]; GQA: repeat each key/value group for its query heads.
@@ -108,7 +106,7 @@ class SDPAttention(MegatronModule):
             v = v.repeat_interleave(rep, dim=1)
 
         # Like megatron's DotProductAttention, the module's own mask type decides (the argument is ignored).
-        mask: Optional[Tensor] = None
+        mask: Tensor | None = None
         is_causal = False
         if attention_mask is not None:
             allowed = ~attention_mask.to(torch.bool)

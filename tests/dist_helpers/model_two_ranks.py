@@ -22,7 +22,12 @@ import torch.distributed as dist
 
 from prealign_scale.model.builder import build_gpt_model
 from prealign_scale.model.hf_convert import merge_tp_shards
-from prealign_scale.model.parallel import MegatronMPU, destroy_model_parallel, dp_world_size, init_model_parallel
+from prealign_scale.model.parallel import (
+    MegatronMPU,
+    destroy_model_parallel,
+    dp_world_size,
+    init_model_parallel,
+)
 from prealign_scale.model.presets import get_preset
 
 SEED = 1234

@@ -1,0 +1,156 @@
+"""Benchmark: the contrastive alignment loss, naive vs chunked (CPU) or vs Triton (GPU), forward + backward.
+
+Each (implementation, size) runs in a fresh subprocess so that peak memory is its own:
+
+- CPU: peak resident memory above the baseline (the Linux high-water mark VmHWM, reset through
+  /proc/self/clear_refs after the inputs exist; tracemalloc does not see torch's allocations).
+- CUDA: ``torch.cuda.max_memory_allocated`` above the inputs.
+
+Time is the best of ``--repeats`` forward+backward passes after one warm-up. On CUDA the script also
+reports the achieved matmul throughput of the blockwise paths: forward 1 and backward 3 (chunked: S, G·K,
+Gᵀ·Q) or 4 (Triton: S recomputed in both backward kernels) similarity-sized matmuls of 2·L·N²·H flops each;
+compare with the card's dense bf16 peak.
+
+    python benchmarks/bench_align_loss.py                         # CPU: N=4096, L=10, H=256, fp32
+    python benchmarks/bench_align_loss.py --device cuda --n 16384 --layers 26 --hidden 2048 \
+        --dtype bfloat16 --impls chunked,triton                   # GPU (issue 4 targets)
+
+Prints a table and writes JSON to benchmarks/results/align_loss_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from prealign_scale.kernels.align_loss import alignment_loss
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    L, N, H = args.layers, args.n, args.hidden
+    block = args.block or None
+
+    def step(vectors, ids) -> float:
+        v = vectors.detach().requires_grad_()
+        loss, _ = alignment_loss(v, ids, 0.1, impl=args.impl, block_size=block)
+        loss.backward()
+        return float(loss)
+
+    # A tiny warm-up first: loads kernels and thread pools (and compiles Triton) outside the measurement.
+    step(torch.randn(L, 64, H, device=device, dtype=dtype), torch.arange(64, device=device) // 2)
+    vectors = torch.randn(L, N, H, device=device, dtype=dtype)
+    ids = torch.arange(N, device=device) // 2  # translation pairs
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        base = _rss_kib("VmRSS") * 1024
+    times, loss = [], None
+    for i in range(args.repeats + 1):
+        t0 = time.perf_counter()
+        loss = step(vectors, ids)
+        if cuda:
+            torch.cuda.synchronize()
+        if i > 0:  # the first full-size pass pays page faults / allocator growth: memory only
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024) - base
+    best = min(times)
+    out = {"impl": args.impl, "L": L, "N": N, "H": H, "dtype": args.dtype, "device": args.device, "block": block,
+               "loss": loss, "seconds": best, "peak_bytes": int(peak)}
+    if args.impl in ("chunked", "triton"):  # chunked: 1 + 3 matmuls; Triton: 1 + 4 (S recomputed twice)
+        out["matmul_tflops"] = (4 if args.impl == "chunked" else 5) * 2 * L * N * N * H / best / 1e12
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--impls", default="naive,chunked")
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=10)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--block", type=int, default=0, help="block size (0: the implementation's default)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (OMP_NUM_THREADS)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/align_loss_<device>.json)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        args.impl = args.worker
+        print("RESULT " + json.dumps(worker(args)))
+        return
+
+    rows = []
+    for impl in args.impls.split(","):
+        cmd = [sys.executable, __file__, "--worker", impl] + [
+            f"--{k}={v}" for k, v in (("device", args.device), ("n", args.n), ("layers", args.layers),
+                                      ("hidden", args.hidden), ("dtype", args.dtype), ("block", args.block),
+                                      ("repeats", args.repeats))
+        ]
+        # A fixed mmap threshold makes glibc return every large buffer to the OS when torch frees it, so
+        # the resident high-water mark is the true peak of live tensors (plus the process baseline).
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads),
+                   MALLOC_MMAP_THRESHOLD_="65536")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            rows.append({"impl": impl, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
+        else:
+            rows.append(json.loads(line[0][7:]))
+
+    import torch
+
+    print(f"alignment loss fwd+bwd, L={args.layers} N={args.n} H={args.hidden} {args.dtype} on {args.device}")
+    print(f"{'impl':<8} {'time s':>8} {'peak MiB':>10} {'loss':>10} {'TFLOP/s':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['impl']:<8} failed: {r['error']}")
+            continue
+        tf = f"{r['matmul_tflops']:.3f}" if "matmul_tflops" in r else "-"
+        print(f"{r['impl']:<8} {r['seconds']:>8.2f} {r['peak_bytes'] / 2**20:>10.1f} {r['loss']:>10.5f} {tf:>8}")
+    ok = [r for r in rows if "error" not in r]
+    by = {r["impl"]: r for r in ok}
+    summary = {}
+    if "naive" in by and "chunked" in by:
+        summary = {"memory_ratio_naive_over_chunked": by["naive"]["peak_bytes"] / max(1, by["chunked"]["peak_bytes"]),
+                       "time_ratio_chunked_over_naive": by["chunked"]["seconds"] / by["naive"]["seconds"]}
+        print(f"naive/chunked peak memory: {summary['memory_ratio_naive_over_chunked']:.1f}x; "
+              f"chunked/naive time: {summary['time_ratio_chunked_over_naive']:.2f}x")
+    env_info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                    "threads": args.threads, "machine": platform.machine(),
+                    "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+                    "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"align_loss_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "summary": summary, "env": env_info}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+if __name__ == "__main__":
+    main()

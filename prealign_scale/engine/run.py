@@ -1,0 +1,157 @@
+"""`run(cfg)`: phase 1 then phase 2 (or the one the config selects), resuming where the run folder stopped.
+
+Run folder (``run.out_dir``):
+
+    config.yaml        the resolved config of the latest start
+    metrics.jsonl      one line per logged step (callbacks.py)
+    tensorboard/       event files (when tensorboard is installed)
+    checkpoints/       DeepSpeed checkpoints + `latest` pointer (checkpoint.py)
+    hf/                the exported LlamaForCausalLM folder, when the last phase has finished
+
+Resume rules, from the checkpoint that `checkpoints/latest` names (phase P, step k):
+- a phase before P is skipped (done);
+- phase P itself continues at step k with its optimizer, RNG states and data position (or is skipped when
+  k reached its steps);
+- a phase after P starts at step 0 from P's final weights with a fresh optimizer (this is also how phase 2
+  starts in the same process after phase 1). A checkpoint in the middle of P cannot start a later phase.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from prealign_scale import dist as pdist
+from prealign_scale.config import Config, save_config
+from prealign_scale.engine.callbacks import MetricsFile, Preemption, TensorBoard
+from prealign_scale.engine.checkpoint import PHASE_ORDER, CheckpointInfo, CheckpointManager
+from prealign_scale.engine.loop import Loggers, LoopState, StepBudget, train_phase
+
+
+def log0(msg: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[prealign] {msg}", file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def plan_phase(phase: str, latest: CheckpointInfo | None, cfg: Config) -> tuple[str, CheckpointInfo | None]:
+    """("skip" | "resume" | "from_weights" | "fresh", checkpoint to load)."""
+    steps = getattr(cfg, phase).steps
+    if latest is None:
+        return "fresh", None
+    if PHASE_ORDER[latest.phase] > PHASE_ORDER[phase]:
+        return "skip", None
+    if latest.phase == phase:
+        return ("skip", None) if latest.step >= steps else ("resume", latest)
+    if not latest.phase_done:
+        raise RuntimeError(f"{cfg.run.out_dir}: the latest checkpoint is {latest.tag}, phase {latest.phase} at step "
+                           f"{latest.step} of {latest.phase_steps}; finish that phase first (--phase "
+                           f"{latest.phase} or all) or use another run.out_dir")
+    return "from_weights", latest
+
+
+def _build_phase(cfg: Config, name: str, engine):
+    from prealign_scale.engine.align_phase import AlignPhase
+    from prealign_scale.engine.lm_phase import LMPhase
+    from prealign_scale.model.parallel import dp_group, dp_rank, dp_world_size
+
+    cls = AlignPhase if name == "align" else LMPhase
+    return cls(cfg, engine, dp_rank=dp_rank(), dp_world_size=dp_world_size(), dp_group=dp_group())
+
+
+def _release(engine) -> None:
+    engine.destroy()
+    del engine
+    gc.collect()
+
+
+def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
+    """Train the configured phases in `cfg.run.out_dir` (resuming), export at the end. Returns 0."""
+    env = env or pdist.discover()
+    if not dist.is_initialized():
+        pdist.init_process_group(env, cfg.dist.timeout_minutes, cfg.dist.backend)
+    from prealign_scale.engine.deepspeed_setup import build_engine, model_vocab_size, reset_optimizer
+    from prealign_scale.engine.export import export_run
+    from prealign_scale.model.parallel import init_model_parallel
+    from prealign_scale.model.presets import get_preset
+
+    init_model_parallel(cfg.model.tp, seed=cfg.run.seed)
+    rank0 = dist.get_rank() == 0
+    out = Path(cfg.run.out_dir)
+    ckpt = CheckpointManager(out, cfg.run.keep_last)
+    latest = ckpt.latest()
+    metrics = MetricsFile(out / "metrics.jsonl") if rank0 else None
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if latest is not None:
+            metrics.truncate_after(latest.phase, latest.step)
+            log0(f"resuming from {ckpt.root / latest.tag} (phase {latest.phase}, step {latest.step})")
+    dist.barrier()
+    loggers = Loggers(metrics, TensorBoard(out / "tensorboard", cfg.run.tensorboard) if rank0 else None,
+                      cfg.run.progress)
+    preemption, budget = Preemption(), StepBudget(cfg.run.stop_after)
+    preemption.install()
+    vocab = model_vocab_size(cfg)
+    preset = get_preset(cfg.model.preset)
+    engine = None
+    try:
+        phases = cfg.phases()
+        for name in phases:
+            action, info = plan_phase(name, latest, cfg)
+            loggers.global_step_offset = cfg.align.steps if name == "lm" else 0
+            if action == "skip":
+                continue
+            seed_everything(cfg.run.seed)
+            engine = build_engine(cfg, name)
+            phase = _build_phase(cfg, name, engine)
+            state = LoopState()
+            if action == "resume":
+                ours = ckpt.load(engine, info, restore_training_state=True)
+                phase.load_loader_state(ours["train"]["loader"])
+                state = LoopState(step=ours["step"], tokens=ours["train"]["tokens"])
+            elif action == "from_weights":
+                ckpt.load(engine, info, restore_training_state=False)
+                reset_optimizer(engine, getattr(cfg, name).weight_decay)
+                log0(f"phase {name}: starting from the weights of {info.tag} with a fresh optimizer")
+            result = train_phase(engine, phase, cfg, state=state, ckpt=ckpt, loggers=loggers, preemption=preemption,
+                                 budget=budget, flops_per_token=lambda s: preset.flops_per_token(vocab, s))
+            phase.close()
+            latest = ckpt.latest()
+            if result == "stopped":
+                why = f"{preemption.received} received" if preemption.received else "run.stop_after reached"
+                log0(f"{why}: checkpoint {ckpt.root / latest.tag} saved; exiting. Run the same command to resume.")
+                return 0
+            if name != phases[-1]:
+                _release(engine)
+                engine = None
+        if cfg.run.export_hf and not (out / "hf" / "config.json").is_file():
+            if engine is None:  # every phase was already done: rebuild the last one from its checkpoint
+                seed_everything(cfg.run.seed)
+                engine = build_engine(cfg, phases[-1])
+                ckpt.load(engine, latest, restore_training_state=False)
+            folder = export_run(engine, cfg, out, vocab)
+            log0(f"exported {folder}")
+        log0(f"run finished: {out}")
+        return 0
+    finally:
+        preemption.uninstall()
+        if loggers.tensorboard is not None:
+            loggers.tensorboard.close()
+        if engine is not None:
+            _release(engine)
