@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         if env.rank == 0:
             print(f"config error: {exc}", file=sys.stderr, flush=True)
+        else:
+            # Launchers kill every rank once one fails: give rank 0 the time to print the message first.
+            time.sleep(5)
         return 2
 
     from prealign_scale.engine.run import run

@@ -216,6 +216,17 @@ def test_chunked_matches_reference_fp64(L, N, H, block):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
+def test_chunked_matches_reference_with_a_zero_vector():
+    """A zero vector normalises to zero (as F.normalize); both paths give the same finite gradients."""
+    vectors, ids = make_batch(2, 12, 5, seed=13)
+    vectors[:, 3] = 0.0
+    ref = loss_and_grad("naive", vectors, ids)
+    got = loss_and_grad("chunked", vectors, ids, 5)
+    assert all(torch.isfinite(t).all() for t in got)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "dtype,rtol,atol",
     # gradient atol: one ulp of the dtype at the largest gradient (bf16 2^-7, fp16 2^-10)

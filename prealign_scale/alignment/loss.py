@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_EPS = 1e-12  # as F.normalize: a zero vector normalises to zero instead of NaN
+NORM_EPS = 1e-12  # as F.normalize: a zero vector normalises to zero instead of NaN
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -40,7 +40,7 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 def normalize_rows(vectors: Tensor) -> Tensor:
     """z = r / max(‖r‖, eps) over the last dimension, in the compute dtype."""
     v = vectors.to(_compute_dtype(vectors))
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
 
 
 def check_rows_inputs(

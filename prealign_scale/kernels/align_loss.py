@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from prealign_scale.alignment.loss import (
-    _EPS,
+    NORM_EPS,
     check_rows_inputs,
     contrastive_alignment_loss_rows,
 )
@@ -67,7 +67,7 @@ def positive_counts(entry_local: Tensor, entry_all: Tensor) -> Tensor:
 def _normalize_with_norm(r: Tensor) -> tuple[Tensor, Tensor]:
     """(z, clamped norm) in the compute dtype; z = r / max(‖r‖, eps) as in alignment.loss."""
     v = r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)
-    norm = v.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    norm = v.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
     return v / norm, norm
 
 
@@ -75,7 +75,7 @@ def _normalize_backward_(z: Tensor, norm: Tensor, dz: Tensor) -> Tensor:
     """dL/dr for z = r / max(‖r‖, eps), computed in place in dz: (dz − z (z·dz)) / ‖r‖, or dz / eps where
     the clamp is active (there z = r / eps is linear in r)."""
     dot = torch.matmul(z.unsqueeze(-2), dz.unsqueeze(-1)).squeeze(-1)  # [..., 1], no [L, N, H] temporary
-    dot = torch.where(norm > _EPS, dot, torch.zeros_like(dot))
+    dot = torch.where(norm > NORM_EPS, dot, torch.zeros_like(dot))
     return dz.addcmul_(z, dot, value=-1.0).div_(norm)
 
 

@@ -8,7 +8,8 @@ flash-attention layout:
   the sum of positive logits per row. Output: lse [L, n], pos_sum [L, n].
 - backward dq: one program per (layer, block of query rows), streaming over column blocks; it recomputes S,
   forms G = c·exp(S − lse) − [positive]·c/|P|, and adds G·K into its own rows of dq, one H-tile at a time
-  (read-modify-write of rows only this program owns: no atomics, any hidden size).
+  (read-modify-write of rows only this program owns: no atomics, any hidden size; a barrier after each
+  column block orders the write and the next read across the program's threads).
 - backward dk: one program per (layer, block of key columns), streaming over row blocks; it recomputes Sᵀ
   and adds Gᵀ·Q into its own rows of dk.
 
@@ -130,6 +131,8 @@ def _align_bwd_dq_kernel(
             acc = tl.load(acc_ptr, mask=acc_mask, other=0.0)
             acc = tl.dot(g, k.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
             tl.store(acc_ptr, acc, mask=acc_mask)
+        # The next column block reads these rows back, possibly from other threads of this program.
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -169,6 +172,7 @@ def _align_bwd_dk_kernel(
             acc = tl.load(acc_ptr, mask=acc_mask, other=0.0)
             acc = tl.dot(gt, q.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
             tl.store(acc_ptr, acc, mask=acc_mask)
+        tl.debug_barrier()  # as in the dq kernel: the next row block reads these rows back
 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
@@ -179,7 +183,7 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _launch_params(zq: Tensor, block_size: int) -> dict:
+def _launch_params(zq: Tensor, block_size: int) -> tuple[dict, torch.dtype]:
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(
             f"prealign_scale/kernels/align_loss_triton.py: block_size must be a power of two >= 16 "

@@ -1,0 +1,53 @@
+"""Shared helpers of the engine tests: the tiny run config, launcher commands, metrics comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TIMING_KEYS = {"tokens_per_s", "mfu", "data_wait", "step_time"}
+
+
+def cpu_env(**extra) -> dict:
+    """The environment of STACK.md for 2 CPU ranks with gloo."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+               GLOO_SOCKET_IFNAME="lo", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def write_run_config(path: Path, data: dict, out_dir: Path, **sections) -> Path:
+    """The tiny test run: 4 align steps (8 entries/rank), 4 LM steps (2 x 2 sequences/rank), fp32 ZeRO-3."""
+    body = {
+        "model": {"preset": "tiny", "vocab_size": None, "seq_len": None, "tp": 1},
+        "data": {"shard_dir": str(data["shards"]), "table_dir": str(data["table"]),
+                 "tokenizer_dir": str(data["tokenizer"]), "num_workers": 0},
+        "align": {"steps": 4, "entries_per_rank": 8, "grad_accum": 1, "lr": 5e-4, "warmup_frac": 0.25},
+        "lm": {"steps": 4, "micro_batch_size": 2, "grad_accum": 2, "lr": 3e-4, "warmup_frac": 0.25},
+        "run": {"out_dir": str(out_dir), "seed": 1234, "ds_config": str(ROOT / "ds_configs/cpu_zero3.json"),
+                "log_every": 1, "ckpt_every": 0, "keep_last": 2, "export_hf": True, "progress": False},
+        "dist": {"timeout_minutes": 5},
+    }
+    for sec, kv in sections.items():
+        body[sec].update(kv)
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def deepspeed_cmd(port: int, config: Path, *overrides: str) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "launchers/pretrain.py",
+            "--config", str(config), *overrides]
+
+
+def read_metrics(run_dir: Path, drop_timing: bool = True) -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    if drop_timing:
+        recs = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in recs]
+    return recs

@@ -1,0 +1,172 @@
+"""Typed run config: YAML + dotted overrides, resolution from the data, and one clear message per bad value."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prealign_scale.config import Config, ConfigError, load_config, parse_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DS = str(ROOT / "ds_configs/cpu_zero3.json")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    """Minimal files the validation reads: a manifest, a table, a tokenizer.json."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps(
+        {"seq_len": 64, "vocab_size": 800, "languages": ["clone", "en"], "eos_id": 1,
+         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 8} for i in range(4)]}))
+    table = tmp_path / "table"
+    table.mkdir()
+    (table / "entries.jsonl").write_text('{"id": 0, "words": ["a", "b"], "langs": ["en", "clone"], '
+                                         '"tokens": [[5], [405]]}\n')
+    (table / "meta.json").write_text(json.dumps({"vocab_size": 800}))
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    return {"shards": shards, "table": table, "tok": tok}
+
+
+def write_cfg(tmp_path, files, **sections) -> Path:
+    body = {
+        "model": {"preset": "tiny"},
+        "data": {"shard_dir": str(files["shards"]), "table_dir": str(files["table"]), "tokenizer_dir": str(files["tok"])},
+        "align": {"steps": 4, "entries_per_rank": 8},
+        "lm": {"steps": 4, "micro_batch_size": 2},
+        "run": {"out_dir": str(tmp_path / "run"), "ds_config": DS},
+    }
+    for sec, kv in sections.items():
+        body.setdefault(sec, {}).update(kv)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def error_of(*args, **kw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config(*args, **kw)
+    return str(exc.value)
+
+
+def test_defaults_resolve_from_the_data(tmp_path, data):
+    cfg = load_config(write_cfg(tmp_path, data), world_size=2)
+    assert cfg.model.vocab_size == 800 and cfg.model.seq_len == 64
+    assert cfg.align.grad_accum == 1 and cfg.lm.grad_accum == 1
+    assert cfg.phases() == ["align", "lm"]
+
+
+def test_overrides_types_and_phase(tmp_path, data):
+    cfg = load_config(write_cfg(tmp_path, data), ["lm.steps=20", "align.lr=5e-4", "lm.doc_attention=false",
+                                                  "run.phase=lm", "model.vocab_size=1024"])
+    assert cfg.lm.steps == 20 and cfg.align.lr == 5e-4 and cfg.lm.doc_attention is False
+    assert cfg.phases() == ["lm"] and cfg.model.vocab_size == 1024
+
+
+def test_global_batch_derives_grad_accum(tmp_path, data):
+    cfg = load_config(write_cfg(tmp_path, data, lm={"global_batch_size": 16}), world_size=2)
+    assert cfg.lm.grad_accum == 4  # 16 = 2 per rank x 2 ranks x 4
+
+
+def test_unknown_key_suggests_the_close_name(tmp_path, data):
+    path = write_cfg(tmp_path, data, lm={"stepz": 3})
+    msg = error_of(path)
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "stepz" in t)
+    assert msg == f"{path}:{line}: lm.stepz: unknown key; did you mean lm.steps?"
+    assert error_of(write_cfg(tmp_path, data), ["lm.micro_batch=2"]).startswith(
+        "command line 'lm.micro_batch=2': lm.micro_batch: unknown key; did you mean lm.micro_batch_size")
+    assert "lmm: unknown section; did you mean lm?" in error_of(write_cfg(tmp_path, data), ["lmm.steps=1"])
+
+
+def test_wrong_type_names_the_key(tmp_path, data):
+    assert error_of(write_cfg(tmp_path, data), ["lm.steps=abc"]) == \
+        "command line 'lm.steps=abc': lm.steps: expected int, got 'abc' (str)"
+    msg = error_of(write_cfg(tmp_path, data, lm={"doc_attention": "yes please"}))
+    assert msg.endswith("lm.doc_attention: expected bool, got 'yes please' (str)")
+    assert error_of(write_cfg(tmp_path, data), ["lm.steps=2.5"]).endswith("lm.steps: expected int, got 2.5 (float)")
+
+
+def test_missing_files_name_the_key(tmp_path, data):
+    msg = error_of(write_cfg(tmp_path, data, data={"shard_dir": str(tmp_path / "nope")}))
+    assert msg == f"data.shard_dir: {tmp_path / 'nope' / 'manifest.json'}: no such file"
+    msg = error_of(write_cfg(tmp_path, data, data={"table_dir": str(tmp_path / "nope")}))
+    assert msg == f"data.table_dir: {tmp_path / 'nope'}: no alignment table here (no entries.jsonl)"
+    assert error_of(write_cfg(tmp_path, data, run={"ds_config": "missing.json"})) == \
+        "run.ds_config: missing.json: no such file"
+    assert error_of(tmp_path / "absent.yaml") == f"--config: {tmp_path / 'absent.yaml'}: no such file"
+    msg = error_of(write_cfg(tmp_path, data, data={"tokenizer_dir": None}))
+    assert msg.startswith("data.tokenizer_dir: None: no tokenizer.json")
+
+
+def test_batch_not_divisible(tmp_path, data):
+    msg = error_of(write_cfg(tmp_path, data, lm={"global_batch_size": 10}), world_size=4)
+    assert msg == ("lm.global_batch_size: 10 is not divisible by lm.micro_batch_size x data-parallel size = "
+                   "2 x 4 = 8")
+    msg = error_of(write_cfg(tmp_path, data, lm={"global_batch_size": 16, "grad_accum": 2}), world_size=2)
+    assert msg.startswith("lm.grad_accum: 2 disagrees with lm.global_batch_size=16")
+    assert error_of(write_cfg(tmp_path, data, model={"tp": 2}), world_size=3) == \
+        "model.tp: 2 does not divide the world size 3"
+    msg = error_of(write_cfg(tmp_path, data), world_size=3)  # 4 shards over 3 ranks
+    assert msg.startswith("data.shard_dir: 4 shards are not divisible by the data-parallel size 3")
+
+
+def test_values_and_choices(tmp_path, data):
+    assert error_of(write_cfg(tmp_path, data), ["model.preset=tinyy"]).startswith(
+        "model.preset: must be one of")
+    assert "(did you mean 'tiny'?)" in error_of(write_cfg(tmp_path, data), ["model.preset=tinyy"])
+    assert error_of(write_cfg(tmp_path, data), ["lm.lr=0"]) == "lm.lr: must be > 0, got 0.0"
+    assert error_of(write_cfg(tmp_path, data), ["align.warmup_frac=1.5"]) == \
+        "align.warmup_frac: must be between 0 and 1, got 1.5"
+    assert error_of(write_cfg(tmp_path, data), ["model.seq_len=128"]).startswith(
+        "model.seq_len: 128 differs from the shards' seq_len 64")
+    assert error_of(write_cfg(tmp_path, data), ["model.vocab_size=100"]).startswith(
+        "model.vocab_size: 100 is smaller than the vocab_size 800")
+    assert error_of(write_cfg(tmp_path, data), ["align.steps=0", "lm.steps=0"]).startswith(
+        "run.phase: nothing to train")
+
+
+def test_ds_config_batch_keys_refused(tmp_path, data):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": 32}))
+    msg = error_of(write_cfg(tmp_path, data, run={"ds_config": str(ds)}))
+    assert msg.startswith(f"run.ds_config: {ds}: train_batch_size=32: batch sizes come from")
+
+
+def test_saved_config_round_trips(tmp_path, data):
+    cfg = load_config(write_cfg(tmp_path, data), ["lm.steps=7"], world_size=2)
+    save_config(cfg, tmp_path / "out" / "config.yaml")
+    again = parse_config(tmp_path / "out" / "config.yaml")
+    assert again == cfg and isinstance(again, Config)
+
+
+def test_shipped_configs_parse():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = parse_config(path)
+        assert cfg.run.ds_config and (ROOT / cfg.run.ds_config).is_file(), path
+
+
+@pytest.mark.slow
+def test_bad_config_through_the_launcher_stops_before_the_process_group(tmp_path, data):
+    """2 ranks under the real deepspeed launcher: exit 2, exactly one message, no process group started."""
+    from prealign_scale.dist import free_port
+
+    path = write_cfg(tmp_path, data, lm={"stepz": 3})
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+               GLOO_SOCKET_IFNAME="lo")
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           "launchers/pretrain.py", "--config", str(path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("config error:")]
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "stepz" in t)
+    assert errors == [f"config error: {path}:{line}: lm.stepz: unknown key; did you mean lm.steps?"], out
+    assert "init_distributed" not in out and "Initializing TorchBackend" not in out, out

@@ -1,0 +1,82 @@
+"""Resume == uninterrupted, bitwise on CPU, through the real `deepspeed` launcher (2 ranks, ZeRO-3, gloo).
+
+Run A trains align 4 steps + lm 4 steps in one go. Run B is the same command stopped twice by
+``run.stop_after`` (checkpoint + exit 0): after align step 2 (mid phase 1), then after lm step 2 (mid phase 2,
+in the middle of a shard: 8 of the 13 samples of each rank's first shard read), then resumed to the end.
+Every logged value (losses per layer and language, lr, token counts) must be identical, as must the exported
+weights; the export must reproduce the training model's logits in transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
+
+from common import ROOT, cpu_env, deepspeed_cmd, read_metrics, write_run_config  # noqa: E402
+from tiny_data import build_tiny_data  # noqa: E402
+
+from prealign_scale.dist import free_port  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def launch(config: Path, *overrides: str) -> str:
+    proc = subprocess.run(deepspeed_cmd(free_port(), config, *overrides), cwd=ROOT, env=cpu_env(),
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    data = build_tiny_data(root / "data")
+    a = write_run_config(root / "a.yaml", data, root / "a")
+    b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2})
+    launch(a)
+    logs = [launch(b, "run.stop_after=2"), launch(b, "run.stop_after=4"), launch(b)]
+    return root / "a", root / "b", logs
+
+
+def test_resumed_run_equals_uninterrupted(runs):
+    a, b, logs = runs
+    ma, mb = read_metrics(a), read_metrics(b)
+    assert [(r["phase"], r["step"]) for r in ma] == [("align", i) for i in range(1, 5)] + [("lm", i) for i in range(1, 5)]
+    assert mb == ma  # bitwise: every loss, per-layer loss, per-language loss, lr and token count
+    assert "run.stop_after reached: checkpoint" in logs[0] and "align-step00000002" in logs[0]
+    assert "resuming from" in logs[1] and "(phase align, step 2)" in logs[1]
+    assert "starting from the weights of align-step00000004 with a fresh optimizer" in logs[1]
+    assert "(phase lm, step 2)" in logs[2]
+    wa, wb = load_file(a / "hf/model.safetensors"), load_file(b / "hf/model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_checkpoint_folder_layout(runs):
+    _, b, _ = runs
+    root = b / "checkpoints"
+    assert (root / "latest").read_text() == "lm-step00000004"
+    # keep_last=2 over align-2, align-3 (ckpt_every), align-4, lm-2, lm-3, lm-4
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["lm-step00000003", "lm-step00000004"]
+    state = json.loads((root / "lm-step00000004/state.json").read_text())
+    assert state == {"tag": "lm-step00000004", "phase": "lm", "step": 4, "phase_steps": 4}
+    assert (root / "lm-step00000004/config.yaml").is_file() and (b / "config.yaml").is_file()
+    assert len(list((root / "lm-step00000004").glob("zero_pp_rank_*_mp_rank_00_model_states.pt"))) == 2
+
+
+def test_export_reproduces_training_logits(runs):
+    a, _, _ = runs
+    proc = subprocess.run([sys.executable, "tests/dist_scripts/check_export.py", str(a)], cwd=ROOT,
+                          env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["hf_vocab"] == 800 and res["logit_scale"] > 0.1
+    assert res["max_abs_diff"] < 1e-4
+    assert (a / "hf/tokenizer.json").is_file()
