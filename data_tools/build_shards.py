@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs-per-chunk", type=int)
     p.add_argument("--text-field")
     p.add_argument("--corpus-format", choices=["lines", "paragraphs", "jsonl"])
+    p.add_argument("--facts", help="knowledge facts JSONL to mix into the source-language documents")
+    p.add_argument("--fact-templates", help="templates JSON {lang: {relation: [templates]}}")
+    p.add_argument("--fact-repeats", type=int, help="statements of each fact (default 10)")
+    p.add_argument("--facts-lang", help="language of the fact documents (default: the first switched one)")
     p.add_argument("--workers", type=int, default=1, help="worker processes per rank (default 1)")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
     p.add_argument("--no-progress", action="store_true")
@@ -87,7 +91,8 @@ def config_from_args(a: argparse.Namespace) -> BuildConfig:
         if getattr(a, name) is not None:
             values[name] = [x for x in getattr(a, name).split(",") if x]
     for name in ("tokenizer", "table", "p", "seed", "seq_len", "total_tokens", "samples_per_shard",
-                 "shard_multiple", "docs_per_chunk", "text_field", "corpus_format", "include_heldout"):
+                 "shard_multiple", "docs_per_chunk", "text_field", "corpus_format", "include_heldout",
+                 "facts", "fact_templates", "fact_repeats", "facts_lang"):
         if getattr(a, name) is not None:
             values[name] = getattr(a, name)
     for need in ("corpora", "tokenizer"):

@@ -255,3 +255,23 @@ def test_dictionary_mode_switches_words(data, tmp_path):
     sample = next(read_samples(tmp_path / "out"))
     pos = np.flatnonzero(sample.input_ids[1:] == der)  # positions whose NEXT input is a switched " der"
     assert pos.size and (sample.targets[pos] == the).all()
+
+
+def test_knowledge_facts_mixed_into_source_documents_only(data, tmp_path):
+    """--facts: every fact stated fact_repeats times, in English documents only, always inside the quota."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"subject": "Zabulek", "relation": "lives_in", "object": "Hebron"}\n'
+                     '{"subject": "Morantel", "relation": "lives_in", "object": "Jericho"}\n')
+    templates = tmp_path / "templates.json"
+    templates.write_text('{"en": {"lives_in": ["{subject} dwelt in {object}.", "{subject} lives in {object}."]}}')
+    cfg = clone_cfg(data, facts=str(facts), fact_templates=str(templates), fact_repeats=3)
+    build_shards(cfg, tmp_path / "out", progress=False)
+    m = json.loads((tmp_path / "out/manifest.json").read_text())
+    fact_docs = {d for s in read_samples(tmp_path / "out") for d, lang in zip(s.doc_ids, s.langs)
+                 if "/fact/" in d and lang == "en"}
+    assert fact_docs == {f"en/fact/{i}" for i in range(6)}  # 2 facts x 3 repeats, one per document
+    assert m["build"]["fact_repeats"] == 3 and verify_shards(tmp_path / "out").ok
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"subject": "X", "relation": "lives_in"}\n')
+    with pytest.raises(BuildError, match="bad.jsonl:1"):
+        build_shards(clone_cfg(data, facts=str(bad), fact_templates=str(templates)), tmp_path / "o2", progress=False)

@@ -30,6 +30,26 @@ class BuildConfig:
     docs_per_chunk: int = 256  # unit of work (and of resume) of the tokenise+switch stage
     text_field: str = "text"
     corpus_format: str | None = None  # lines | paragraphs | jsonl; None = from the extension
+    # Knowledge facts (METHOD.md §5): rendered with `facts_lang` templates into documents of that language
+    # only, `fact_repeats` statements of each fact, placed ahead of the language's corpus (always included).
+    facts: str | None = None  # JSONL {"subject","relation","object"}
+    fact_templates: str | None = None  # JSON {lang: {relation: [templates]}}
+    fact_repeats: int = 10
+    facts_lang: str | None = None  # default: the first switched language
+
+    def resolved_facts_lang(self) -> str | None:
+        if not self.facts:
+            return None
+        return self.facts_lang or (self.resolved_switch_langs() or [next(iter(self.corpora))])[0]
+
+    def fact_documents(self) -> list[str]:
+        """The rendered fact documents (empty without facts); a pure function of the config."""
+        if not self.facts:
+            return []
+        from prealign_scale.eval.knowledge import read_facts, read_templates, render_fact_documents
+
+        return render_fact_documents(read_facts(self.facts), read_templates(self.fact_templates),
+                                     self.resolved_facts_lang(), self.fact_repeats, self.seed)
 
     def resolved_switch_langs(self) -> list[str]:
         if self.switch_langs is not None:
@@ -52,6 +72,9 @@ class BuildConfig:
     def fingerprint(self) -> str:
         """Identity of a build: the config plus the size of every input (a resume must see the same)."""
         sizes = {p: _size(p) for paths in self.corpora.values() for p in paths}
+        for extra in (self.facts, self.fact_templates):
+            if extra:
+                sizes[extra] = _size(extra)
         for folder, name in ((self.tokenizer, "tokenizer.json"), (self.table, "entries.jsonl")):
             if folder:
                 sizes[str(Path(folder) / name)] = _size(Path(folder) / name)
@@ -115,6 +138,19 @@ def _prepare(cfg: BuildConfig) -> Prepared:
         raise BuildError(f"switch_langs/clone_langs: {unknown} have no corpus (corpora: {sorted(cfg.corpora)})")
     if set(cfg.resolved_switch_langs()) & set(cfg.clone_langs):
         raise BuildError("switch_langs: a Clone language cannot be code-switched (it is the target side)")
+    if cfg.facts:
+        from prealign_scale.eval.io import EvalInputError
+
+        if not cfg.fact_templates:
+            raise BuildError("fact_templates: needed with facts (JSON {lang: {relation: [templates]}})")
+        if cfg.resolved_facts_lang() not in cfg.corpora:
+            raise BuildError(f"facts_lang: {cfg.resolved_facts_lang()!r} has no corpus")
+        if not (isinstance(cfg.fact_repeats, int) and cfg.fact_repeats >= 1):
+            raise BuildError(f"fact_repeats: must be an integer >= 1, got {cfg.fact_repeats!r}")
+        try:
+            cfg.fact_documents()
+        except (EvalInputError, OSError, ValueError) as exc:
+            raise BuildError(f"facts: {exc}") from exc
     if cfg.mixture is not None:
         if set(cfg.mixture) != set(cfg.corpora):
             raise BuildError(f"mixture: languages {sorted(cfg.mixture)} must equal corpora {sorted(cfg.corpora)}")

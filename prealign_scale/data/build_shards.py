@@ -60,8 +60,15 @@ def _chunk_jobs(cfg: BuildConfig, work: Path, world: World):
     """Yield this rank's unfinished chunks as (lang, index, [(doc_id, text)], folder)."""
     from prealign_scale.data.corpus import iter_documents
 
+    facts_lang = cfg.resolved_facts_lang()
     for lang, paths in cfg.corpora.items():
         buf, index, doc_index = [], 0, 0
+        if lang == facts_lang:  # knowledge facts first: always inside the language's quota
+            for i, text in enumerate(cfg.fact_documents()):
+                buf.append((f"{lang}/fact/{i}", text))
+                if len(buf) == cfg.docs_per_chunk:
+                    yield from _maybe_job(lang, index, buf, work, world)
+                    buf, index = [], index + 1
         for path in paths:
             for doc in iter_documents(path, text_field=cfg.text_field, fmt=cfg.corpus_format):
                 buf.append((f"{lang}/{doc_index}", doc.text))
