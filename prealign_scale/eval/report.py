@@ -1,0 +1,239 @@
+"""Results as files people read: the results JSON, markdown tables, and PNG plots from metrics.jsonl.
+
+- :func:`write_results` / :func:`markdown_report`: one evaluation (`prealign_scale.eval.run_eval.evaluate`).
+- :func:`headline` / :func:`compare_markdown`: the main numbers of several runs (arms x seeds) side by side,
+  ``mean ± half-range`` over the seeds of an arm.
+- :func:`plot_loss_curves`: per-language LM loss (``loss_<lang>`` fields of phase ``lm`` records) over steps,
+  one line per arm. :func:`plot_probe_over_training`: alignment probe fields (``probe_<group>_<stat>``, per
+  layer lists, see `prealign_scale.eval.probe.probe_metrics`) over training, one line per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prealign_scale.eval.io import read_jsonl
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN / inf -> None, tuples -> lists."""
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_results(results: dict, path: str | Path) -> Path:
+    """Write the results JSON (NaN written as null), via a temporary file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(p)
+    return p
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def headline(results: dict) -> dict[str, float | None]:
+    """The main numbers of one evaluation, as flat ``name -> value`` (the columns of the comparison table)."""
+    out: dict[str, float | None] = {}
+    for name, lm in results.get("lm", {}).items():
+        for lang, stats in lm.items():
+            if isinstance(stats, dict) and "ppl" in stats:
+                out[f"ppl {name}/{lang}" if name != "shards" else f"ppl {lang}"] = stats["ppl"]
+    probe = results.get("probe")
+    if probe:
+        for group, g in probe["groups"].items():
+            out[f"align acc {group} (final_norm)"] = g["acc"][-2]
+            out[f"align acc {group} (best layer)"] = max(g["acc"])
+            out[f"cos {group} true-random (final_norm)"] = (
+                g["cos_true"][-2] - g["cos_random"][-2] if g["cos_random"][-2] is not None else None)
+    for name, r in results.get("retrieval", {}).items():
+        out[f"retrieval {name} (best layer)"] = max(r["acc"])
+    for lang, k in results.get("knowledge", {}).items():
+        out[f"knowledge {lang}"] = k["accuracy"]
+    t = results.get("transfer")
+    if t:
+        lp = t["linear_probe"]
+        out[f"transfer probe {t['train_lang']}"] = lp["source"]
+        for lang, a in lp["target"].items():
+            out[f"transfer probe {lang}"] = a
+        if "finetune" in t:
+            out[f"transfer finetune {t['train_lang']}"] = t["finetune"]["source"]
+            for lang, a in t["finetune"]["target"].items():
+                out[f"transfer finetune {lang}"] = a
+    return out
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(results: dict, title: str = "Evaluation") -> str:
+    """A readable markdown page: the headline numbers, then the per-layer probe and retrieval tables."""
+    parts = [f"# {title}\n"]
+    if results.get("model"):
+        parts.append(f"Model: `{results['model']}`\n")
+    parts.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in headline(results).items()]))
+    probe = results.get("probe")
+    if probe:
+        groups = list(probe["groups"])
+        header = ["layer"] + [f"{g} {s}" for g in groups for s in ("acc@1", "cos true", "cos random")]
+        rows = []
+        for k, layer in enumerate(probe["layers"]):
+            row = [layer]
+            for g in groups:
+                d = probe["groups"][g]
+                row += [_fmt(d["acc"][k]), _fmt(d["cos_true"][k]), _fmt(d["cos_random"][k])]
+            rows.append(row)
+        chance = ", ".join(f"{g}: {_fmt(probe['groups'][g]['chance'], 4)}" for g in groups)
+        parts.append(f"## Alignment probe per layer (chance {chance})\n\n" + _table(header, rows))
+    for name, r in results.get("retrieval", {}).items():
+        rows = [[layer, _fmt(r["acc_src2tgt"][k]), _fmt(r["acc_tgt2src"][k]), _fmt(r["cos_true"][k])]
+                for k, layer in enumerate(r["layers"])]
+        parts.append(f"## Sentence retrieval `{name}` ({r['src_lang']} → {r['tgt_lang']}, chance "
+                     f"{_fmt(r['chance'], 4)})\n\n" + _table(["layer", "acc src→tgt", "acc tgt→src", "cos true"],
+                                                             rows))
+    t = results.get("transfer")
+    if t:
+        lp = t["linear_probe"]
+        langs = list(lp["acc"])
+        rows = [[layer] + [_fmt(lp["acc"][lang][k]) for lang in langs] for k, layer in enumerate(lp["layers"])]
+        parts.append(f"## Transfer: linear probe accuracy per layer (trained on {t['train_lang']})\n\n"
+                     + _table(["layer"] + langs, rows))
+    return "\n".join(parts)
+
+
+def compare_markdown(runs: dict[str, list[dict]], keys: Sequence[str] | None = None) -> str:
+    """One row per arm: ``mean ± half-range`` over its runs (seeds) of each headline number."""
+    heads = {arm: [headline(r) for r in rs] for arm, rs in runs.items()}
+    if keys is None:
+        keys = list(dict.fromkeys(k for hs in heads.values() for h in hs for k in h))
+    rows = []
+    for arm, hs in heads.items():
+        row = [f"{arm} (n={len(hs)})"]
+        for k in keys:
+            vals = [h[k] for h in hs if h.get(k) is not None and not math.isnan(h[k])]
+            if not vals:
+                row.append("–")
+            elif len(vals) == 1:
+                row.append(_fmt(vals[0]))
+            else:
+                row.append(f"{_fmt(sum(vals) / len(vals))} ± {_fmt((max(vals) - min(vals)) / 2)}")
+        rows.append(row)
+    return _table(["arm", *keys], rows)
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl (each needs ``phase`` and ``step``); errors name ``path:line``."""
+    return [rec for _, rec in read_jsonl(path, {"phase": str, "step": int})]
+
+
+def _figure(rows: int, cols: int):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
+
+
+def plot_loss_curves(metrics: dict[str, str | Path], out_png: str | Path, phase: str = "lm") -> Path:
+    """Per-language loss curves (one panel per language, one line per arm) from metrics.jsonl files."""
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}  # lang -> arm -> (steps, losses)
+    for arm, path in metrics.items():
+        for rec in read_metrics(path):
+            if rec["phase"] != phase:
+                continue
+            for key, v in rec.items():
+                if key.startswith("loss_") and isinstance(v, (int, float)) and v is not None:
+                    xs, ys = series.setdefault(key[5:], {}).setdefault(arm, ([], []))
+                    xs.append(rec["step"])
+                    ys.append(float(v))
+    if not series:
+        raise ValueError(f"plot_loss_curves: no loss_<lang> fields in phase {phase!r} records of {list(metrics)}")
+    langs = sorted(series)
+    fig = _figure(1, len(langs))
+    axes = fig.subplots(1, len(langs), squeeze=False)[0]
+    for ax, lang in zip(axes, langs):
+        for arm, (xs, ys) in series[lang].items():
+            ax.plot(xs, ys, label=arm)
+        ax.set_title(f"{phase} loss, {lang}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats)")
+        ax.legend(fontsize="small")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def plot_probe_over_training(metrics_path: str | Path, out_png: str | Path,
+                             stats: Sequence[str] = ("cos_true", "acc"), layers: Sequence[str] | None = None) -> Path:
+    """Probe statistics over training, one panel per (stat, group), one line per layer. Steps of later
+    phases continue after the earlier phases' last step (align, then lm)."""
+    recs = read_metrics(metrics_path)
+    offsets: dict[str, int] = {}
+    last = 0
+    for rec in recs:
+        if rec["phase"] not in offsets:
+            offsets[rec["phase"]] = last
+        last = max(last, offsets[rec["phase"]] + rec["step"])
+    groups: list[str] = []
+    data: dict[tuple[str, str], tuple[list[int], list[list[float]]]] = {}
+    for rec in recs:
+        for key, v in rec.items():
+            for stat in stats:
+                suffix = f"_{stat}"
+                if key.startswith("probe_") and key.endswith(suffix) and isinstance(v, list):
+                    group = key[len("probe_"): -len(suffix)]
+                    if group not in groups:
+                        groups.append(group)
+                    xs, ys = data.setdefault((stat, group), ([], []))
+                    xs.append(offsets[rec["phase"]] + rec["step"])
+                    ys.append([math.nan if y is None else y for y in v])
+    if not data:
+        raise ValueError(f"plot_probe_over_training: {metrics_path} has no probe_<group>_<stat> records")
+    fig = _figure(len(stats), len(groups))
+    axes = fig.subplots(len(stats), len(groups), squeeze=False)
+    for r, stat in enumerate(stats):
+        for c, group in enumerate(groups):
+            ax = axes[r][c]
+            xs, ys = data.get((stat, group), ([], []))
+            n_layers = len(ys[0]) if ys else 0
+            names = list(layers) if layers is not None else [f"layer {k}" for k in range(n_layers)]
+            for k in range(n_layers):
+                ax.plot(xs, [y[k] for y in ys], label=names[k] if k < len(names) else str(k),
+                        color=_shade(k, n_layers))
+            ax.set_title(f"{group}: {stat}")
+            ax.set_xlabel("step (align, then lm)")
+            if ys:
+                ax.legend(fontsize="x-small", ncol=2)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def _shade(k: int, n: int) -> tuple[float, float, float]:
+    from matplotlib import colormaps
+
+    r, g, b, _ = colormaps["viridis"](k / max(1, n - 1))
+    return (r, g, b)
