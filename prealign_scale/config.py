@@ -185,9 +185,8 @@ def _check_type(key: str, value: Any, hint: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif base is str:
-        if isinstance(value, str):
-            return value
+    elif base is str and isinstance(value, str):
+        return value
     got = f"{value!r} ({type(value).__name__})"
     raise ConfigError(f"{where}: {key}: expected {'null or ' if optional else ''}{base.__name__}, got {got}")
 
@@ -346,6 +345,10 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         if n_shards % dp:
             raise _fail("data.shard_dir", f"{n_shards} shards are not divisible by the data-parallel size {dp}; "
                         "rebuild the shards with a multiple of it (ranks would see unequal sample counts)")
+        readers = dp * max(1, cfg.data.num_workers)
+        if n_shards % readers:
+            raise _fail("data.num_workers", f"{cfg.data.num_workers} workers x {dp} data-parallel ranks = {readers} "
+                        f"readers do not divide the {n_shards} shards of {cfg.data.shard_dir}; use fewer workers")
     if "align" in cfg.phases():
         if cfg.data.table_dir is None:
             raise _fail("data.table_dir", "required for phase align (align.steps > 0)")

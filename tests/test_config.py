@@ -116,6 +116,8 @@ def test_batch_not_divisible(tmp_path, data):
         "model.tp: 2 does not divide the world size 3"
     msg = error_of(write_cfg(tmp_path, data), world_size=3)  # 4 shards over 3 ranks
     assert msg.startswith("data.shard_dir: 4 shards are not divisible by the data-parallel size 3")
+    msg = error_of(write_cfg(tmp_path, data, data={"num_workers": 3}), world_size=2)
+    assert msg.startswith("data.num_workers: 3 workers x 2 data-parallel ranks = 6 readers do not divide the 4 shards")
 
 
 def test_values_and_choices(tmp_path, data):
@@ -163,10 +165,28 @@ def test_bad_config_through_the_launcher_stops_before_the_process_group(tmp_path
                GLOO_SOCKET_IFNAME="lo")
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            "launchers/pretrain.py", "--config", str(path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     errors = [line for line in out.splitlines() if line.startswith("config error:")]
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "stepz" in t)
     assert errors == [f"config error: {path}:{line}: lm.stepz: unknown key; did you mean lm.steps?"], out
     assert "init_distributed" not in out and "Initializing TorchBackend" not in out, out
+
+
+def test_launcher_parses_phase_and_overrides_and_exits_2(tmp_path, data, capsys, monkeypatch):
+    """launchers/pretrain.py in-process: intermixed --phase and overrides; a bad key -> status 2, one line."""
+    import importlib.util
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if k not in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID")})
+    spec = importlib.util.spec_from_file_location("pretrain_launcher", ROOT / "launchers/pretrain.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    path = write_cfg(tmp_path, data)
+    rc = launcher.main(["--config", str(path), "lm.steps=3", "--phase", "lm", "lm.stepz=1"])
+    assert rc == 2
+    assert capsys.readouterr().err == \
+        "config error: command line 'lm.stepz=1': lm.stepz: unknown key; did you mean lm.steps?\n"
+    with pytest.raises(SystemExit):  # argparse: no prefix matching of flags (torchrun's trap, STACK.md)
+        launcher.main(["--conf", str(path)])

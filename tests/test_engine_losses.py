@@ -14,31 +14,39 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
-from common import BIN, ROOT, cpu_env, write_run_config  # noqa: E402
-from tiny_data import build_tiny_data, write_multiword_table  # noqa: E402
+from engine_common import BIN, ROOT, cpu_env, write_run_config
+from tiny_data import build_tiny_data, write_multiword_table
 
-from prealign_scale.dist import free_port  # noqa: E402
+from prealign_scale.dist import free_port
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+# (alignment loss, LM loss) implementations: the blockwise alignment loss with megatron's vocab-parallel
+# cross-entropy, and the naive alignment loss with the fused linear cross-entropy head (ZeRO-3 external weight)
+IMPLS = [("chunked", "megatron"), ("naive", "chunked")]
+
+
+@pytest.fixture(scope="module", params=IMPLS, ids=lambda p: f"align-{p[0]}-lm-{p[1]}")
+def report(request, tmp_path_factory):
+    align_impl, lm_impl = request.param
     root = tmp_path_factory.mktemp("losses")
     data = build_tiny_data(root / "data")
     # multi-token words in entries of 2 or 3 words: ranks hold different word counts, words have LM targets
     data["table"] = write_multiword_table(root / "data/mw_table", vocab_size=800)
     config = write_run_config(root / "cfg.yaml", data, root / "run",
-                              align={"grad_accum": 2, "alpha": 1.0, "loss_impl": "chunked"})
+                              align={"grad_accum": 2, "alpha": 1.0, "loss_impl": align_impl},
+                              lm={"lm_loss_impl": lm_impl})
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
            "tests/dist_scripts/check_losses.py", str(config), str(root / "out")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads((root / "out/report.json").read_text())
 
 
 def test_alignment_phase_matches_single_process(report):
     r = report["align"]
+    assert r["partitioned"] and r["n_params"] == 2 + 2 * 6 + 1  # each rank holds half of every parameter
     assert r["words_per_rank"][0] != r["words_per_rank"][1] or r["words_per_rank"][2] != r["words_per_rank"][3]
     assert r["lm_tokens"] > 0 and r["n_layers"] == 2 + 2  # tiny: 2 blocks -> n_layers + 2 word vectors
     assert r["engine_align"] == pytest.approx(r["ref_align"], rel=1e-6)

@@ -31,6 +31,7 @@ from prealign_scale.config import Config
 from prealign_scale.data.dict_loader import DictionaryLoader
 from prealign_scale.data.shard_format import IGNORE_INDEX
 from prealign_scale.engine.collectives import all_reduce_sum, gather_ids, gather_rows_with_grad
+from prealign_scale.engine.deepspeed_setup import compute_device
 from prealign_scale.engine.hidden_states import UNEMBED_ATTR, HiddenStateTaps, word_vectors
 from prealign_scale.kernels.align_loss import alignment_loss_rows
 
@@ -50,7 +51,7 @@ class AlignPhase:
         self._it = None
         self.taps = HiddenStateTaps(engine.module)
         self.unembed = getattr(engine.module, UNEMBED_ATTR)
-        self.device = next(engine.module.parameters()).device
+        self.device = compute_device()
 
     # --- data ---------------------------------------------------------------------------------------------
     def fetch(self) -> list[dict]:
@@ -79,17 +80,23 @@ class AlignPhase:
         targets, mask = batch["targets"].to(dev), batch["attention_mask"].to(dev)
         entry = batch["entry_ids"].to(dev)
         loss_mask = targets != IGNORE_INDEX
+        # forward: per-token LM losses of the words; the taps keep the hidden states of every layer
         with self.taps:
             per_token = self.engine(ids, pos, None, labels=targets.clamp(min=0))  # [n, s]
-        rows = self.unembed(ids)  # [n, s, h]
-        vectors = word_vectors(self.taps, rows, mask)  # [L, n, h]
+        if not all(s.requires_grad for s in self.taps.states):
+            raise RuntimeError("alignment phase: a hooked hidden state has no autograd history (activation "
+                               "recomputation inside the blocks?); phase 1 must run without recomputation")
+        rows = self.unembed(ids)  # [n, s, h] unembedding rows (ZeRO-3 gathers the weight for this module)
+        vectors = word_vectors(self.taps, rows, mask)  # [L, n, h] mean over each word's real tokens
         self.taps.states = []
+        # every rank's words are the negatives of every other rank's: gather them, keeping the gradient
         vectors_all, offset = gather_rows_with_grad(vectors, self.dp_group)
         entry_all = gather_ids(entry, self.dp_group)
         sums, count = alignment_loss_rows(vectors, vectors_all, entry, entry_all, offset,
                                           tau=self.cfg.align.tau, impl=self.cfg.align.loss_impl)
-        count_all = all_reduce_sum(count.to(torch.float64), self.dp_group).clamp_min(1.0)
+        count_all = all_reduce_sum(count.to(torch.float64), self.dp_group).clamp_min(1.0)  # rows with a positive
         lm_sum = (per_token.float() * loss_mask).sum()
+        # scaled so that DeepSpeed's 1/grad_accum and DP averaging give d(L_LM + alpha * L_align)/dθ
         ga, dp, alpha = self.grad_accum, self.dp_world_size, self.cfg.align.alpha
         align_share = sums.mean() / count_all.to(sums.dtype)
         loss = ga * dp * (lm_sum / ctx["lm_tokens"] + alpha * align_share / ga)

@@ -6,7 +6,7 @@
   every step (`schedule.lr_at`), so a DeepSpeed ``scheduler`` section is refused.
 - model: `build_gpt_model` inside ``deepspeed.zero.Init`` over megatron's data-parallel group (the builder
   does this), plus the parameter-free helper modules the phase needs (unembedding rows, fused LM head).
-  Activation recomputation (megatron's, full, per layer) is on when the JSON has an
+  Activation recomputation (megatron's, full, per layer) is on in phase 2 when the JSON has an
   ``activation_checkpointing`` section and CUDA is present (it saves and restores CUDA RNG states).
 - optimizer: the JSON's (AdamW; ``"torch_adam": true`` on CPU), over two parameter groups: matrices
   (embeddings, linear layers) with weight decay, vectors (RMSNorm weights) without.
@@ -75,7 +75,9 @@ def build_engine(cfg: Config, phase: str):
     from prealign_scale.model.presets import get_preset
 
     ds = phase_ds_config(cfg, phase, dp_world_size())
-    recompute = "activation_checkpointing" in ds and cuda_available()
+    # Phase 1 never recomputes: its word vectors come from hooks inside the blocks, and a recomputed block
+    # produces its forward output without autograd history (and dictionary words are short anyway).
+    recompute = "activation_checkpointing" in ds and cuda_available() and phase == "lm"
     model = build_gpt_model(get_preset(cfg.model.preset), model_vocab_size(cfg), int(cfg.model.seq_len),
                             ds_config=ds, params_dtype=ds_config_dtype(ds), recompute_activations=recompute)
     if phase == "align":
@@ -86,6 +88,11 @@ def build_engine(cfg: Config, phase: str):
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, p.weight_decay),
                                            config=copy.deepcopy(ds), mpu=MegatronMPU())
     return engine
+
+
+def compute_device() -> torch.device:
+    """Where batches go: this rank's GPU, or the CPU (parameters may live elsewhere under offload)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def set_lr(engine, lr: float) -> None:

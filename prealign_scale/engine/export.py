@@ -32,12 +32,11 @@ def gather_fp32_state_dict(engine) -> dict | None:
         full = safe_get_full_fp32_param(p)
         if keep:
             sd[name] = full.detach().to("cpu", torch.float32).clone()
-    if tp_world_size() > 1:
-        if keep:
-            shards = [None] * tp_world_size()
-            dst = dist.get_global_rank(tp_group(), 0)
-            dist.gather_object(sd, shards if tp_rank() == 0 else None, dst=dst, group=tp_group())
-            sd = merge_tp_shards(shards) if tp_rank() == 0 else {}
+    if tp_world_size() > 1 and keep:  # every rank of a TP group has the same DP rank
+        shards = [None] * tp_world_size()
+        dst = dist.get_global_rank(tp_group(), 0)
+        dist.gather_object(sd, shards if tp_rank() == 0 else None, dst=dst, group=tp_group())
+        sd = merge_tp_shards(shards) if tp_rank() == 0 else {}
     return sd if dist.get_rank() == 0 else None
 
 

@@ -47,7 +47,7 @@ class HiddenStateTaps:
         out = output[0] if isinstance(output, (tuple, list)) else output  # a block returns (hidden, context)
         self.states.append(out)
 
-    def __enter__(self) -> "HiddenStateTaps":
+    def __enter__(self):  # returns self
         self.states, self.active = [], True
         return self
 

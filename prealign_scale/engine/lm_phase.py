@@ -79,7 +79,9 @@ class LMPhase:
         self.languages = self.loader.languages
         self._it = None
         self.fused = getattr(engine.module, FUSED_HEAD_ATTR, None)
-        self.device = next(engine.module.parameters()).device
+        from prealign_scale.engine.deepspeed_setup import compute_device
+
+        self.device = compute_device()
 
     # --- data ---------------------------------------------------------------------------------------------
     def fetch(self) -> list[dict]:

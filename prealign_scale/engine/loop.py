@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 
 from prealign_scale.config import Config
-from prealign_scale.engine.callbacks import MetricsFile, Preemption, Progress, StepTimer, TensorBoard, peak_flops
+from prealign_scale.engine.callbacks import (
+    MetricsFile,
+    Preemption,
+    Progress,
+    StepTimer,
+    TensorBoard,
+    peak_flops,
+)
 from prealign_scale.engine.checkpoint import CheckpointManager
 from prealign_scale.engine.deepspeed_setup import set_lr
 from prealign_scale.engine.schedule import lr_at

@@ -7,6 +7,7 @@ Run folder (``run.out_dir``):
     tensorboard/       event files (when tensorboard is installed)
     checkpoints/       DeepSpeed checkpoints + `latest` pointer (checkpoint.py)
     hf/                the exported LlamaForCausalLM folder, when the last phase has finished
+    DONE               written last, when every phase is trained and exported (prealign_scale/sweep.py)
 
 Resume rules, from the checkpoint that `checkpoints/latest` names (phase P, step k):
 - a phase before P is skipped (done);
@@ -102,6 +103,8 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
         if latest is not None:
             metrics.truncate_after(latest.phase, latest.step)
             log0(f"resuming from {ckpt.root / latest.tag} (phase {latest.phase}, step {latest.step})")
+        else:
+            metrics.path.unlink(missing_ok=True)  # lines of an attempt that died before its first checkpoint
     dist.barrier()
     loggers = Loggers(metrics, TensorBoard(out / "tensorboard", cfg.run.tensorboard) if rank0 else None,
                       cfg.run.progress)
@@ -147,6 +150,11 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                 ckpt.load(engine, latest, restore_training_state=False)
             folder = export_run(engine, cfg, out, vocab)
             log0(f"exported {folder}")
+        if rank0:  # the completion marker sweeps and the SLURM script look for (prealign_scale/sweep.py)
+            from prealign_scale.sweep import mark_finished
+
+            mark_finished(out, {"phases": phases, "checkpoint": latest.tag if latest else None,
+                                "hf": cfg.run.export_hf})
         log0(f"run finished: {out}")
         return 0
     finally:

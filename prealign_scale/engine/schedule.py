@@ -14,7 +14,7 @@ import math
 
 
 def warmup_steps(total_steps: int, warmup_frac: float) -> int:
-    return int(round(warmup_frac * total_steps))
+    return round(warmup_frac * total_steps)
 
 
 def lr_at(step: int, *, total_steps: int, lr: float, warmup_frac: float, schedule: str,

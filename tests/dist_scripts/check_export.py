@@ -16,8 +16,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from prealign_scale import dist as pdist  # noqa: E402
-from prealign_scale.config import parse_config  # noqa: E402
+from prealign_scale import dist as pdist
+from prealign_scale.config import parse_config
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from prealign_scale import dist as pdist  # noqa: E402
-from prealign_scale.config import load_config  # noqa: E402
+from prealign_scale import dist as pdist
+from prealign_scale.config import load_config
 
 
 def full_weights_and_grads(engine) -> tuple[dict, dict]:
@@ -87,6 +87,9 @@ def check_align(cfg, report: dict) -> None:
 
     seed_everything(cfg.run.seed)
     engine = build_engine(cfg, "align")
+    # ZeRO-3 really partitions: outside forward each rank holds ceil(n / 2) elements of every parameter
+    shards = [(p.ds_tensor.numel(), p.ds_numel, p.numel()) for p in engine.module.parameters()]
+    partitioned = all(t == -(-n // 2) and live == 0 for t, n, live in shards)
     phase = AlignPhase(cfg, engine, dp_rank=dp_rank(), dp_world_size=dp_world_size(), dp_group=dp_group())
     metrics, weights, grads = run_engine_step(engine, phase)
     engine.destroy()
@@ -121,7 +124,7 @@ def check_align(cfg, report: dict) -> None:
         "engine_loss": metrics["loss"], "ref_loss": total.item(), "engine_align": metrics["align_loss"],
         "ref_align": align.item(), "engine_lm": metrics["lm_loss"], "ref_lm": lm.item(), "lm_tokens": lm_count,
         "grad_rel_err": compare_grads(model, grads), "words_per_rank": words_per_rank,
-        "n_layers": len(metrics["align_loss_layers"]),
+        "n_layers": len(metrics["align_loss_layers"]), "partitioned": partitioned, "n_params": len(shards),
     }
 
 
@@ -149,12 +152,13 @@ def check_lm(cfg, report: dict) -> None:
             ids, t = b["input_ids"], b["targets"]
             logits = model(ids, b["position_ids"], attention_mask_from_segments(b["segments"]))
             logp = torch.log_softmax(logits.float(), dim=-1)
+            lp = logp.detach()
             keep = t != -100
             total = total - logp.gather(-1, t.clamp(min=0)[..., None])[..., 0][keep].sum()
             count += int(keep.sum())
             # what a second label shift of the inputs would train on instead (for the input-only check)
             nxt = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
-            shifted += float(-logp.gather(-1, nxt[..., None])[..., 0][keep].sum())
+            shifted += float(-lp.gather(-1, nxt[..., None])[..., 0][keep].sum())
             switched += int(((nxt != t) & keep).sum())
             with torch.no_grad():
                 lp2 = torch.log_softmax(model(ids, b["position_ids"], None).float(), dim=-1)

@@ -1,0 +1,34 @@
+"""Rank discovery + process group under a launcher (mpirun in the tests): prints one JSON line per rank.
+
+``mpirun -np 2 python tests/dist_scripts/check_discovery.py``: each rank discovers its rank, starts the
+process group through `prealign_scale.dist` and all-reduces its rank (0 + 1 = 1 on two ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from prealign_scale import dist as pdist
+
+
+def main() -> None:
+    info = pdist.discover()
+    pdist.init_process_group(info, timeout_minutes=2)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(info.rank)])
+    dist.all_reduce(t)
+    print(json.dumps({"rank": info.rank, "local_rank": info.local_rank, "world": info.world_size,
+                      "launcher": info.launcher, "addr": os.environ["MASTER_ADDR"], "port": info.master_port,
+                      "sum": t.item(), "backend": dist.get_backend()}), flush=True)
+    pdist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Pre-emption: SIGTERM in the middle of training -> the step finishes, a checkpoint is written, exit 0.
+
+The two ranks are started the way ``srun`` starts tasks (SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS, one
+node), which also exercises SLURM rank discovery, and each gets SIGTERM as a cluster pre-emption sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
+
+from engine_common import ROOT, cpu_env, read_metrics, write_run_config
+from tiny_data import build_tiny_data
+
+from prealign_scale.dist import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def start_slurm_tasks(config: Path, port: int, *overrides: str) -> list[subprocess.Popen]:
+    procs = []
+    for rank in range(2):
+        env = cpu_env(SLURM_PROCID=rank, SLURM_LOCALID=rank, SLURM_NTASKS=2, SLURM_JOB_NUM_NODES=1,
+                      SLURM_JOB_ID=4242, MASTER_PORT=port)
+        env.pop("MASTER_ADDR")  # discovered: one node -> 127.0.0.1
+        cmd = [sys.executable, "launchers/pretrain.py", "--config", str(config), *overrides]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=timeout)
+        out.append((p.returncode, o + e))
+    return out
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+    data = build_tiny_data(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
+                              lm={"steps": 100000})
+    procs = start_slurm_tasks(config, free_port())
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert all(p.poll() is None for p in procs), finish(procs)
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    results = finish(procs)
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-4000:] + results[1][1][-4000:]
+    last = read_metrics(run_dir)[-1]
+    tag = f"lm-step{last['step']:08d}"
+    assert f"SIGTERM received: checkpoint {run_dir / 'checkpoints' / tag} saved; exiting" in results[0][1]
+    assert (run_dir / "checkpoints/latest").read_text() == tag
+    assert not (run_dir / "DONE").exists()  # an interrupted run is not marked finished
+    assert json.loads((run_dir / "checkpoints" / tag / "state.json").read_text())["step"] == last["step"]
+
+    # The checkpoint is usable: the same command resumes at the next step.
+    results = finish(start_slurm_tasks(config, free_port(), "run.stop_after=1"))
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-4000:]
+    assert f"(phase lm, step {last['step']})" in results[0][1]
+    resumed = read_metrics(run_dir)
+    assert resumed[-1]["step"] == last["step"] + 1 and resumed[-2] == last
