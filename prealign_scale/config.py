@@ -98,6 +98,8 @@ class RunSection:
     export_hf: bool = True
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on rank 0
+    probe_every: int = 0  # alignment probe every K steps (+ at each phase's start and end); 0: off
+    probe_pairs: int = 256  # probe pairs per group (seen / unseen) of data.table_dir
 
 
 @dataclass
@@ -310,7 +312,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
               "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after",
               "dist.timeout_minutes")
     _positive(cfg, "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay",
-              "data.num_workers", "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", allow_zero=True)
+              "data.num_workers", "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every",
+              allow_zero=True)
+    _positive(cfg, "run.probe_pairs")
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):
         section, name = key.split(".")
         if not 0.0 <= getattr(getattr(cfg, section), name) <= 1.0:

@@ -39,8 +39,9 @@ def launch(config: Path, *overrides: str) -> str:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     data = build_tiny_data(root / "data")
-    a = write_run_config(root / "a.yaml", data, root / "a")
-    b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2})
+    # the alignment probe runs too (every 2 steps): it must not disturb a bitwise resume
+    a = write_run_config(root / "a.yaml", data, root / "a", run={"probe_every": 2})
+    b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2, "probe_every": 2})
     launch(a)
     logs = [launch(b, "run.stop_after=2"), launch(b, "run.stop_after=4"), launch(b)]
     return root / "a", root / "b", logs
@@ -49,8 +50,11 @@ def runs(tmp_path_factory):
 def test_resumed_run_equals_uninterrupted(runs):
     a, b, logs = runs
     ma, mb = read_metrics(a), read_metrics(b)
-    assert [(r["phase"], r["step"]) for r in ma] == [("align", i) for i in range(1, 5)] + [("lm", i) for i in range(1, 5)]
-    assert mb == ma  # bitwise: every loss, per-layer loss, per-language loss, lr and token count
+    steps = [(r["phase"], r["step"]) for r in ma if r.get("kind") != "probe"]
+    assert steps == [("align", i) for i in range(1, 5)] + [("lm", i) for i in range(1, 5)]
+    probes = [(r["phase"], r["step"]) for r in ma if r.get("kind") == "probe"]
+    assert probes == [("align", 0), ("align", 2), ("align", 4), ("lm", 0), ("lm", 2), ("lm", 4)]
+    assert mb == ma  # bitwise: every loss, per-layer loss, per-language loss, lr, token count and probe value
     assert "run.stop_after reached: checkpoint" in logs[0] and "align-step00000002" in logs[0]
     assert "resuming from" in logs[1] and "(phase align, step 2)" in logs[1]
     assert "starting from the weights of align-step00000004 with a fresh optimizer" in logs[1]

@@ -80,9 +80,10 @@ def build_engine(cfg: Config, phase: str):
     recompute = "activation_checkpointing" in ds and cuda_available() and phase == "lm"
     model = build_gpt_model(get_preset(cfg.model.preset), model_vocab_size(cfg), int(cfg.model.seq_len),
                             ds_config=ds, params_dtype=ds_config_dtype(ds), recompute_activations=recompute)
-    if phase == "align":
+    # word vectors use the unembedding rows outside the output layer: phase 1, and the alignment probe
+    if phase == "align" or (cfg.run.probe_every > 0 and cfg.data.table_dir):
         attach_unembedding_rows(model)
-    elif cfg.lm.lm_loss_impl != "megatron":
+    if phase == "lm" and cfg.lm.lm_loss_impl != "megatron":
         attach_fused_lm_head(model, cfg.lm.lm_loss_impl)
     p = cfg.align if phase == "align" else cfg.lm
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, p.weight_decay),

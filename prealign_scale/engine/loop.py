@@ -76,15 +76,30 @@ def _agree_stop(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def _probe(probe, engine, phase, state: LoopState, loggers: Loggers) -> None:
+    """Run the alignment probe on every rank (collective forward); rank 0 logs it."""
+    if probe is None or not probe.due(state.step, phase.total_steps):
+        return
+    record = probe(engine, phase.name, state.step)
+    engine.train()
+    if loggers.metrics is not None:
+        loggers.metrics.write(record)
+
+
 def train_phase(engine, phase, cfg: Config, *, state: LoopState, ckpt: CheckpointManager, loggers: Loggers,
-                preemption: Preemption, budget: StepBudget, flops_per_token) -> str:
-    """Train `phase` from `state.step` to its end. Returns "done" or "stopped" (pre-empted / budget)."""
+                preemption: Preemption, budget: StepBudget, flops_per_token, probe=None) -> str:
+    """Train `phase` from `state.step` to its end. Returns "done" or "stopped" (pre-empted / budget).
+
+    `probe` (engine/probe_callback.py, optional) runs at step 0, every `run.probe_every` steps and at the end.
+    """
     p = cfg.align if phase.name == "align" else cfg.lm
     rank0 = loggers.metrics is not None
     progress = Progress(phase.name, phase.total_steps, state.step, loggers.progress_enabled and rank0)
     peak, world = peak_flops(), dist.get_world_size()
     timer = StepTimer()
     engine.train()
+    if state.step == 0:
+        _probe(probe, engine, phase, state, loggers)
     try:
         while state.step < phase.total_steps:
             timer.start()
@@ -118,6 +133,7 @@ def train_phase(engine, phase, cfg: Config, *, state: LoopState, ckpt: Checkpoin
                         loggers.tensorboard.write(record, loggers.global_step_offset + state.step)
                 progress.update(record)
 
+            _probe(probe, engine, phase, state, loggers)
             stop = _agree_stop(preemption.received is not None or budget.spend())
             due = cfg.run.ckpt_every > 0 and state.step % cfg.run.ckpt_every == 0
             if stop or due or state.step == phase.total_steps:

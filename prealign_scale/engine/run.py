@@ -33,6 +33,7 @@ from prealign_scale.config import Config, save_config
 from prealign_scale.engine.callbacks import MetricsFile, Preemption, TensorBoard
 from prealign_scale.engine.checkpoint import PHASE_ORDER, CheckpointInfo, CheckpointManager
 from prealign_scale.engine.loop import Loggers, LoopState, StepBudget, train_phase
+from prealign_scale.engine.probe_callback import make_probe
 
 
 def log0(msg: str) -> None:
@@ -112,6 +113,7 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
     preemption.install()
     vocab = model_vocab_size(cfg)
     preset = get_preset(cfg.model.preset)
+    probe = make_probe(cfg)  # the alignment probe every run.probe_every steps (None: off)
     engine = None
     try:
         phases = cfg.phases()
@@ -133,7 +135,8 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                 reset_optimizer(engine, getattr(cfg, name).weight_decay)
                 log0(f"phase {name}: starting from the weights of {info.tag} with a fresh optimizer")
             result = train_phase(engine, phase, cfg, state=state, ckpt=ckpt, loggers=loggers, preemption=preemption,
-                                 budget=budget, flops_per_token=lambda s: preset.flops_per_token(vocab, s))
+                                 budget=budget, flops_per_token=lambda s: preset.flops_per_token(vocab, s),
+                                 probe=probe)
             phase.close()
             latest = ckpt.latest()
             if result == "stopped":

@@ -1,0 +1,116 @@
+"""Collect a sweep's evaluations into tables, plots and small JSON files (docs/results/...).
+
+    python launchers/sweep_report.py configs/repro/english_clone.sweep.yaml --out docs/results/english_clone
+
+Writes OUT/runs/<run>.json (each run's eval results plus its probe records from metrics.jsonl, small
+enough to commit), OUT/table.md (mean ± half-range over seeds per size and arm, from those JSON files, so
+the table regenerates without re-training: `--from-json`), OUT/probe_phases.md (alignment at init, after
+phase 1, at the end), and PNG plots: LM loss per language and arm, alignment cosine per layer over training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prealign_scale.eval.report import compare_markdown, plot_loss_curves, plot_probe_over_training  # noqa: E402
+from prealign_scale.sweep import expand_sweep, load_sweep  # noqa: E402
+from prealign_scale.sweep_local import run_dir_of  # noqa: E402
+
+TABLE_KEYS = ["ppl clone", "ppl en", "align acc seen (best layer)", "align acc unseen (best layer)",
+              "cos seen true-random (final_norm)", "cos unseen true-random (final_norm)", "knowledge clone",
+              "knowledge en", "transfer probe en", "transfer probe clone", "transfer finetune clone",
+              "retrieval parallel (best layer)"]
+
+
+def probe_records(metrics: Path) -> list[dict]:
+    if not metrics.is_file():
+        return []
+    return [r for r in map(json.loads, metrics.read_text().splitlines()) if r.get("kind") == "probe"]
+
+
+def collect(sweep_path: str, out: Path) -> list[dict]:
+    """Copy each evaluated run's results (+ probe records) to OUT/runs/<name>.json; return them."""
+    rows = []
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for spec in expand_sweep(load_sweep(sweep_path)):
+        run = run_dir_of(spec)
+        res = run / "eval" / "results.json"
+        if not res.is_file():
+            print(f"[report] {spec.name}: not evaluated yet, left out")
+            continue
+        record = {"name": spec.name, "labels": dict(spec.labels), "overrides": list(spec.overrides),
+                  "results": json.loads(res.read_text()), "probe_over_training": probe_records(run / "metrics.jsonl")}
+        (out / "runs" / f"{spec.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        rows.append(record)
+    return rows
+
+
+def from_json(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+
+
+def _best(rec: dict, group: str, stat: str = "acc") -> str:
+    v = rec.get(f"probe_{group}_{stat}")
+    return "–" if not v else f"{max(x for x in v if x is not None):.3f}"
+
+
+def probe_phase_table(rows: list[dict]) -> str:
+    """Seen / unseen retrieval (best layer) at init, after phase 1 and at the end of training, per run."""
+    lines = ["| run | init seen | init unseen | after phase 1 seen | after phase 1 unseen | end seen | end unseen |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        recs = r["probe_over_training"]
+        if not recs:
+            continue
+        init = recs[0]
+        aligned = [x for x in recs if x["phase"] == "align"]
+        after1 = aligned[-1] if aligned and aligned[-1]["step"] > 0 else None
+        end = recs[-1]
+        cells = [_best(init, "seen"), _best(init, "unseen")]
+        cells += [_best(after1, "seen"), _best(after1, "unseen")] if after1 else ["–", "–"]
+        cells += [_best(end, "seen"), _best(end, "unseen")]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep")
+    p.add_argument("--out", required=True)
+    p.add_argument("--from-json", action="store_true", help="rebuild the tables from OUT/runs/*.json only")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    rows = from_json(out) if a.from_json else collect(a.sweep, out)
+    if not rows:
+        print("error: no evaluated run", file=sys.stderr)
+        return 2
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        labels = r["labels"]
+        groups.setdefault(f"{labels.get('size', '')} {labels.get('arm', '')}".strip(), []).append(r["results"])
+    (out / "table.md").write_text(compare_markdown(groups, TABLE_KEYS))
+    (out / "probe_phases.md").write_text(probe_phase_table(rows))
+    print((out / "table.md").read_text())
+    if not a.from_json:  # plots need the run folders' metrics.jsonl
+        specs = {s.name: s for s in expand_sweep(load_sweep(a.sweep))}
+        sizes = sorted({r["labels"].get("size") for r in rows})
+        for size in sizes:
+            first_seed = {}
+            for r in rows:
+                if r["labels"].get("size") == size:
+                    first_seed.setdefault(r["labels"].get("arm"), run_dir_of(specs[r["name"]]) / "metrics.jsonl")
+            plot_loss_curves(first_seed, out / f"loss_{size}.png", phase="lm")
+            for arm, metrics in first_seed.items():
+                if probe_records(metrics):
+                    plot_probe_over_training(metrics, out / f"probe_{size}_{arm}.png")
+    print(f"[report] {len(rows)} runs -> {out}/ (table.md, probe_phases.md, runs/*.json, *.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

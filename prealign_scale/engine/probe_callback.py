@@ -1,0 +1,43 @@
+"""The alignment probe as a training callback: translation retrieval and cosine per layer, every K steps.
+
+Runs on a fixed probe set (seen = the table's align part, unseen = its held-out part; `run.probe_pairs`
+pairs per group, chosen by the run seed) at step 0 of each phase, every `run.probe_every` steps and at the
+phase end, so `metrics.jsonl` shows whether the alignment of phase 1 survives pretraining (records with
+``"kind": "probe"``; `prealign_scale.eval.report.plot_probe_over_training` draws them).
+
+Every rank runs the probe (a ZeRO-3 forward gathers parameters collectively); rank 0 writes the record.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prealign_scale.config import Config
+
+
+class AlignmentProbe:
+    def __init__(self, cfg: Config):
+        from prealign_scale.alignment.table import AlignmentTable
+        from prealign_scale.eval.probe import probe_set_from_table
+
+        self.every = int(cfg.run.probe_every)
+        table = AlignmentTable.load(cfg.data.table_dir)
+        self.probe_set = probe_set_from_table(table, max_pairs=cfg.run.probe_pairs, seed=cfg.run.seed)
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return step == 0 or step % self.every == 0 or step == total_steps
+
+    @torch.no_grad()
+    def __call__(self, engine, phase: str, step: int) -> dict:
+        from prealign_scale.eval.model_view import MegatronView
+        from prealign_scale.eval.probe import probe_metrics, run_probe
+
+        result = run_probe(MegatronView(engine.module), self.probe_set)
+        return {"kind": "probe", "phase": phase, "step": step, **probe_metrics(result)}
+
+
+def make_probe(cfg: Config) -> AlignmentProbe | None:
+    """The probe when `run.probe_every` > 0 and the run has an alignment table, else None."""
+    if cfg.run.probe_every <= 0 or not cfg.data.table_dir:
+        return None
+    return AlignmentProbe(cfg)
