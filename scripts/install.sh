@@ -8,6 +8,8 @@ need_apt=()
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 [ -e /usr/include/x86_64-linux-gnu/openmpi ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include ] || need_apt+=(libopenmpi-dev)
 command -v numactl >/dev/null 2>&1 || need_apt+=(numactl)
+# --- cluster operations (tests/test_slurm.py: a single-node SLURM cluster, scripts/slurm_local_cluster.sh)
+{ command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null 2>&1 || need_apt+=(slurm-wlm munge)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[install] apt-get install ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

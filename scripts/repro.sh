@@ -24,6 +24,7 @@ $PY data_tools/build_shards.py --out "$D/heldout" --tokenizer "$D/tok" --table "
   --corpus en=data/embedded/kjv_heldout.jsonl.gz --corpus clone=data/embedded/kjv_heldout.jsonl.gz \
   --clone-langs clone --p 0 --seq-len 256 --samples-per-shard 100 --no-progress
 
+[ -n "${DATA_ONLY:-}" ] && exit 0
 $PY launchers/run_sweep.py configs/repro/english_clone.sweep.yaml --nproc "${NPROC:-2}" \
   --parallel "${PARALLEL:-1}" -- --config configs/repro/eval.yaml
 $PY launchers/sweep_report.py configs/repro/english_clone.sweep.yaml --out docs/results/english_clone
