@@ -21,6 +21,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	.venv/bin/ruff check prealign_scale data_tools launchers tests benchmarks
+	.venv/bin/hadolint Dockerfile
 
 clean-demo:
 	rm -rf runs/demo

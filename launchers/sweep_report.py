@@ -24,7 +24,7 @@ from prealign_scale.sweep_local import run_dir_of  # noqa: E402
 TABLE_KEYS = ["ppl clone", "ppl en", "align acc seen (best layer)", "align acc unseen (best layer)",
               "cos seen true-random (final_norm)", "cos unseen true-random (final_norm)", "knowledge clone",
               "knowledge en", "transfer probe en", "transfer probe clone", "transfer finetune clone",
-              "retrieval parallel (best layer)"]
+              "retrieval kjv_heldout (best layer)"]
 
 
 def probe_records(metrics: Path) -> list[dict]:
