@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
-from prealign_scale.alignment.clone import build_english_clone  # noqa: E402
-from prealign_scale.data.build_config import BuildConfig  # noqa: E402
-from prealign_scale.data.build_shards import build_shards  # noqa: E402
-from prealign_scale.data.corpus import iter_documents  # noqa: E402
-from prealign_scale.data.tokenizer import load_tokenizer, train_bpe  # noqa: E402
+from prealign_scale.alignment.clone import build_english_clone
+from prealign_scale.data.build_config import BuildConfig
+from prealign_scale.data.build_shards import build_shards
+from prealign_scale.data.corpus import iter_documents
+from prealign_scale.data.tokenizer import load_tokenizer, train_bpe
 
 KJV = ROOT / "data/embedded/kjv_train.jsonl.gz"
 
@@ -101,7 +101,7 @@ def main() -> None:
     cfg = BuildConfig(corpora={"en": [str(work / "clone/en.jsonl.gz")]}, tokenizer=str(work / "tok"),
                       table=str(work / "clone/table"), p=0.05, seq_len=512, samples_per_shard=200,
                       shard_multiple=4, docs_per_chunk=64)
-    best = lambda f: min((f() for _ in range(a.repeat)), key=lambda r: r[0])  # noqa: E731
+    best = lambda f: min((f() for _ in range(a.repeat)), key=lambda r: r[0])
     results = {}
     for name, fn in [("raw", lambda: bench_raw(hf.backend_tokenizer, en_texts)),
                      ("builder-1", lambda: bench_builder(cfg, 1)),

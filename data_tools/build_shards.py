@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.data.build_config import BuildConfig, BuildError  # noqa: E402
-from prealign_scale.data.build_shards import build_shards  # noqa: E402
+from prealign_scale.data.build_config import BuildConfig, BuildError
+from prealign_scale.data.build_shards import build_shards
 
 
 def _kv(text: str, what: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.data.verify import verify_shards  # noqa: E402
+from prealign_scale.data.verify import verify_shards
 
 
 def main(argv=None) -> int:

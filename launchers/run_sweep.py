@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.sweep import SweepError  # noqa: E402
-from prealign_scale.sweep_local import LocalSweepOptions, run_local_sweep  # noqa: E402
+from prealign_scale.sweep import SweepError
+from prealign_scale.sweep_local import LocalSweepOptions, run_local_sweep
 
 
 def main(argv=None) -> int:

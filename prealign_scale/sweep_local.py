@@ -126,7 +126,7 @@ def run_local_sweep(sweep_path: str, opts: LocalSweepOptions, only: list[str] | 
             out.mkdir(parents=True, exist_ok=True)
             log_path = Path(opts.log_dir or out) / (f"{name}.{what}.log" if opts.log_dir else f"sweep.{what}.log")
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(log_path, "a")
+            log = open(log_path, "a")  # noqa: SIM115 -- open while the process runs, closed when it ends
             print(f"[sweep] {name}: {what} ({log_path})", flush=True)
             proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
             running[name] = (spec, steps, proc, log)

@@ -20,13 +20,15 @@ The k-th draw depends only on (seed, doc id, k), whatever the rest of the docume
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from prealign_scale.alignment.table import ALIGN, AlignmentTable
 from prealign_scale.data.shard_format import IGNORE_INDEX
+
 
 class Switcher(Protocol):
     """What a dictionary offers the switcher: the translations (token tuples) of one source word."""

@@ -52,7 +52,7 @@ class Entry:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Entry":
+    def from_json(cls, d: dict) -> Entry:
         return cls(
             id=int(d["id"]),
             words=tuple(d["words"]),
@@ -87,15 +87,14 @@ class AlignmentTable:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "entries.jsonl.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            for e in self.entries:
-                f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in self.entries)
         tmp.replace(folder / "entries.jsonl")
         tmp = folder / "meta.json.tmp"
         tmp.write_text(json.dumps(self.meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         tmp.replace(folder / "meta.json")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "AlignmentTable":
+    def load(cls, folder: str | Path) -> AlignmentTable:
         folder = Path(folder)
         path = folder / "entries.jsonl"
         if not path.is_file():

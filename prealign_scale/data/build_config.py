@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+
 class BuildError(ValueError):
     """Bad input to the shard builder: the message says what, where and how to fix it."""
 

@@ -27,7 +27,13 @@ from tqdm import tqdm
 
 from prealign_scale.data import doc_chunks, packing
 from prealign_scale.data.build_config import BuildConfig, BuildError, prepare
-from prealign_scale.data.shard_format import FORMAT_VERSION, MANIFEST_NAME, encode_sample, sample_key, shard_name
+from prealign_scale.data.shard_format import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    encode_sample,
+    sample_key,
+    shard_name,
+)
 from prealign_scale.dist_mpi import World, mpi_world
 
 __all__ = ["BuildConfig", "BuildError", "build_shards"]
@@ -44,7 +50,7 @@ def _init_worker(cfg: BuildConfig) -> None:
 
 
 def _run_chunk(job: tuple[str, int, list[tuple[str, str]], str]) -> tuple[str, int, int]:
-    lang, index, docs, folder = job
+    lang, _index, docs, folder = job
     arrays = doc_chunks.process_chunk(docs, _CTX[lang])
     doc_chunks.save_chunk(Path(folder), arrays)
     return lang, len(docs), int(arrays["ids"].size)
@@ -172,10 +178,9 @@ def write_shard(out_dir: Path, shard: int) -> dict:
     samples = packing.shard_samples(plan, shard, chunks)
     name = shard_name(shard)
     tmp = out_dir / f".{name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        with wds.TarWriter(f, mtime=0) as sink:
-            for j, s in enumerate(samples):
-                sink.write(encode_sample(sample_key(shard, j), s))
+    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
+        for j, s in enumerate(samples):
+            sink.write(encode_sample(sample_key(shard, j), s))
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     lang_tokens: dict[str, int] = {}
     for s in samples:
@@ -226,9 +231,9 @@ class BuildSummary:
     mixture: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [f"{self.n_shards} shards, {self.samples:,} samples, {self.tokens:,} tokens "
-               f"({self.loss_tokens:,} loss tokens), {self.switched_words:,} switched words, "
-               f"{self.seconds:.1f}s -> {self.out_dir}"]
+        out = [(f"{self.n_shards} shards, {self.samples:,} samples, {self.tokens:,} tokens "
+                f"({self.loss_tokens:,} loss tokens), {self.switched_words:,} switched words, "
+                f"{self.seconds:.1f}s -> {self.out_dir}")]
         for lang, m in self.mixture.items():
             out.append(f"  {lang}: {m['docs']:,}/{m['available_docs']:,} docs, {m['tokens']:,} tokens "
                        f"(weight {m['weight']:.3f})")

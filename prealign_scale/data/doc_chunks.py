@@ -69,7 +69,7 @@ def process_chunk(docs: list[tuple[str, str]], ctx: ChunkContext) -> dict:
         n_sw.append(int(starts.size))
         lens.append(sw_ids.size + 1)
         pos += sw_ids.size + 1
-    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
     return {
         "ids": cat(ids_parts, np.uint32),
         "labels": cat(lab_parts, np.int32),

@@ -35,8 +35,8 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         if self.ok:
-            return [f"OK: {self.shards_checked} shards, {self.samples_checked:,} samples match {self.folder}/"
-                    f"{MANIFEST_NAME}"]
+            return [(f"OK: {self.shards_checked} shards, {self.samples_checked:,} samples match {self.folder}/"
+                     f"{MANIFEST_NAME}")]
         out = [f"BAD: {len(self.problems)} of {self.shards_checked} shards in {self.folder} have problems:"]
         for shard, msgs in sorted(self.problems.items()):
             out += [f"  {shard}: {m}" for m in msgs]

@@ -24,7 +24,7 @@ GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 
 
 class EncodedDoc:
-    __slots__ = ("ids", "word_ids", "_words", "_tok")
+    __slots__ = ("_tok", "_words", "ids", "word_ids")
 
     def __init__(self, ids: np.ndarray, word_ids: np.ndarray, words: list[str] | None, tok=None):
         self.ids, self.word_ids, self._words, self._tok = ids, word_ids, words, tok
