@@ -4,7 +4,7 @@ The one place where defaults live. A config file has six sections (see configs/t
 docs/training.md):
 
     model:  preset, vocab_size (null: from the shard manifest / table), seq_len (null: from the manifest), tp
-    data:   shard_dir, table_dir, tokenizer_dir, num_workers
+    data:   shard_dir, table_dir, tokenizer_dir, num_workers, skip_corrupt
     align:  phase 1 (alignment initialisation): steps, entries_per_rank, grad_accum, lr, tau, alpha, ...
     lm:     phase 2 (LM pretraining): steps, micro_batch_size, grad_accum, lr, doc_attention, ...
     run:    out_dir, seed, ds_config, phase, log_every, ckpt_every, keep_last, export_hf, ...
@@ -52,6 +52,7 @@ class DataConfig:
     table_dir: str | None = None  # alignment table folder (phase align)
     tokenizer_dir: str | None = None  # copied into hf/ on export
     num_workers: int = 0  # DataLoader workers per rank for the shard reader
+    skip_corrupt: bool = False  # unreadable shard samples become padding rows, counted in metrics (else: error)
 
 
 @dataclass

@@ -182,6 +182,33 @@ def init_process_group(info: DistEnv, timeout_minutes: float = 30.0, backend: st
                                world_size=info.world_size)
 
 
+def set_collective_timeout(minutes: float) -> int:
+    """Give every process group created so far the collective timeout `minutes`; returns how many groups.
+
+    `init_process_group` sets it on the world group only: the groups megatron creates use its own default
+    (30 minutes) and `torch.distributed.new_group` the backend's. Call this after creating groups
+    (megatron's model parallelism, DeepSpeed's engine), so that a stalled rank makes every other rank fail
+    after `dist.timeout_minutes` in whatever group it waits. (A rank that dies closes its sockets: gloo's
+    peers fail at once, without waiting for the timeout.)
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    if not dist.is_initialized():
+        return 0
+    if not hasattr(c10d, "_set_pg_timeout"):  # private torch API (2.2+): keep the defaults rather than fail
+        import warnings
+
+        warnings.warn("this torch cannot change a process group's timeout; dist.timeout_minutes applies to the "
+                      "world group only", stacklevel=2)
+        return 0
+    timeout = timedelta(minutes=minutes)
+    groups = [g for g in list(c10d._world.pg_map) if not c10d._rank_not_in_group(g)]
+    for group in groups:
+        c10d._set_pg_timeout(timeout, group)
+    return len(groups)
+
+
 def shutdown() -> None:
     import torch.distributed as dist
 

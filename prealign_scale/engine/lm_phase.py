@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from prealign_scale.config import Config
 from prealign_scale.data.shard_format import IGNORE_INDEX
-from prealign_scale.data.shard_reader import ShardLoader, attention_mask_from_segments
+from prealign_scale.data.shard_reader import ShardCorruptError, ShardLoader, attention_mask_from_segments
 from prealign_scale.engine.collectives import all_reduce_sum
 
 FUSED_HEAD_ATTR = "prealign_fused_lm_head"
@@ -75,7 +75,8 @@ class LMPhase:
         self.total_steps, self.grad_accum = cfg.lm.steps, int(cfg.lm.grad_accum)
         self.dp_world_size, self.dp_group = dp_world_size, dp_group
         self.loader = ShardLoader(cfg.data.shard_dir, cfg.lm.micro_batch_size, dp_rank=dp_rank,
-                                  dp_world_size=dp_world_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+                                  dp_world_size=dp_world_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                                  skip_corrupt=cfg.data.skip_corrupt)
         self.languages = self.loader.languages
         self._it = None
         self.fused = getattr(engine.module, FUSED_HEAD_ATTR, None)
@@ -87,7 +88,11 @@ class LMPhase:
     def fetch(self) -> list[dict]:
         if self._it is None:
             self._it = iter(self.loader)
-        return [next(self._it) for _ in range(self.grad_accum)]
+        try:
+            return [next(self._it) for _ in range(self.grad_accum)]
+        except ShardCorruptError as exc:  # the reader names the shard and the sample; add the engine's switch
+            raise ShardCorruptError(f"{exc} (run config: data.skip_corrupt=true replaces unreadable samples by "
+                                    "padding rows and counts them in metrics.jsonl)") from None
 
     def loader_state(self) -> dict:
         return self.loader.state_dict()
@@ -98,10 +103,14 @@ class LMPhase:
 
     # --- loss ---------------------------------------------------------------------------------------------
     def prepare(self, batches: list[dict]) -> dict:
+        # counts of this step over all ranks; the unreadable samples (data.skip_corrupt) ride along
         local = torch.tensor([sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches),
-                              sum(b["input_ids"].numel() for b in batches)], dtype=torch.float64)
+                              sum(b["input_ids"].numel() for b in batches),
+                              sum(int(b["skipped"]) for b in batches), self.loader.skipped_samples],
+                             dtype=torch.float64)
         total = all_reduce_sum(local.to(self.device), self.dp_group)
-        return {"lm_tokens": total[0].clamp_min(1.0).item(), "tokens": int(total[1].item())}
+        return {"lm_tokens": total[0].clamp_min(1.0).item(), "tokens": int(total[1].item()),
+                "skipped": int(total[2].item()), "skipped_total": int(total[3].item())}
 
     def micro_loss(self, batch: dict, ctx: dict) -> tuple[Tensor, dict]:
         dev = self.device
@@ -131,6 +140,8 @@ class LMPhase:
         out = {"loss": (sums.sum() / ctx["lm_tokens"]).item(), "lm_loss": (sums.sum() / ctx["lm_tokens"]).item()}
         for lang, s, c in zip(self.languages, sums.tolist(), counts.tolist()):
             out[f"loss_{lang}"] = s / c if c > 0 else None
+        if self.cfg.data.skip_corrupt:  # unreadable samples replaced by padding rows: this step, and the phase
+            out["skipped_samples"], out["skipped_samples_total"] = ctx["skipped"], ctx["skipped_total"]
         return out
 
     def seq_len_for_flops(self, batches: list[dict]) -> int:

@@ -9,7 +9,8 @@ Run folder (``run.out_dir``):
     hf/                the exported LlamaForCausalLM folder, when the last phase has finished
     DONE               written last, when every phase is trained and exported (prealign_scale/sweep.py)
 
-Resume rules, from the checkpoint that `checkpoints/latest` names (phase P, step k):
+Resume rules, from the checkpoint that `checkpoints/latest` names, once verified (a damaged one is replaced
+by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k):
 - a phase before P is skipped (done);
 - phase P itself continues at step k with its optimizer, RNG states and data position (or is skipped when
   k reached its steps);
@@ -31,7 +32,12 @@ import torch.distributed as dist
 from prealign_scale import dist as pdist
 from prealign_scale.config import Config, save_config
 from prealign_scale.engine.callbacks import MetricsFile, Preemption, TensorBoard
-from prealign_scale.engine.checkpoint import PHASE_ORDER, CheckpointInfo, CheckpointManager
+from prealign_scale.engine.checkpoint import (
+    PHASE_ORDER,
+    CheckpointInfo,
+    CheckpointManager,
+    CheckpointWriteError,
+)
 from prealign_scale.engine.loop import Loggers, LoopState, StepBudget, train_phase
 from prealign_scale.engine.probe_callback import make_probe
 
@@ -49,6 +55,20 @@ def seed_everything(seed: int) -> None:
         from megatron.core import tensor_parallel
 
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+COMM_FAILURE_HINTS = ("gloo", "nccl", "connection reset", "connection closed", "timed out", "broken pipe")
+
+
+def failure_line(exc: BaseException, cfg: Config, ckpt: CheckpointManager) -> str:
+    """One line about a failed run: the error, what a failed collective means, where a restart resumes."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    line = f"training failed: {type(exc).__name__}: {first}"
+    if isinstance(exc, dist.DistError) or any(h in first.lower() for h in COMM_FAILURE_HINTS):
+        line += (f" (a collective operation failed: another rank died (see its log) or stalled for longer than "
+                 f"dist.timeout_minutes={cfg.dist.timeout_minutes:g})")
+    tag = ckpt.pointer()
+    return line + (f". Run the same command to resume from {tag}" if tag else ". No checkpoint was written yet")
 
 
 def plan_phase(phase: str, latest: CheckpointInfo | None, cfg: Config) -> tuple[str, CheckpointInfo | None]:
@@ -82,21 +102,33 @@ def _release(engine) -> None:
     gc.collect()
 
 
-def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
-    """Train the configured phases in `cfg.run.out_dir` (resuming), export at the end. Returns 0."""
+def start_distributed(cfg: Config, env: pdist.DistEnv | None = None) -> None:
+    """The process group (unless one is running), megatron's TP x DP groups, and the collective timeout
+    `dist.timeout_minutes` on every group (megatron's come with their own 30 minutes)."""
+    from prealign_scale.model.parallel import init_model_parallel
+
     env = env or pdist.discover()
     if not dist.is_initialized():
         pdist.init_process_group(env, cfg.dist.timeout_minutes, cfg.dist.backend)
+    init_model_parallel(cfg.model.tp, seed=cfg.run.seed)
+    pdist.set_collective_timeout(cfg.dist.timeout_minutes)
+
+
+def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
+    """Train the configured phases in `cfg.run.out_dir` (resuming), export at the end.
+
+    Returns 0, or 1 when a checkpoint could not be written (every rank returns 1; rank 0 prints why, and the
+    previous checkpoint stays the resume point). Other failures raise, after one line per failing rank.
+    """
+    start_distributed(cfg, env)
     from prealign_scale.engine.deepspeed_setup import build_engine, model_vocab_size, reset_optimizer
     from prealign_scale.engine.export import export_run
-    from prealign_scale.model.parallel import init_model_parallel
     from prealign_scale.model.presets import get_preset
 
-    init_model_parallel(cfg.model.tp, seed=cfg.run.seed)
     rank0 = dist.get_rank() == 0
     out = Path(cfg.run.out_dir)
     ckpt = CheckpointManager(out, cfg.run.keep_last)
-    latest = ckpt.latest()
+    latest = ckpt.resume_point()  # verified; a damaged latest tag falls back to the previous one (warning)
     metrics = MetricsFile(out / "metrics.jsonl") if rank0 else None
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +156,7 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                 continue
             seed_everything(cfg.run.seed)
             engine = build_engine(cfg, name)
+            pdist.set_collective_timeout(cfg.dist.timeout_minutes)  # and any group DeepSpeed created
             phase = _build_phase(cfg, name, engine)
             state = LoopState()
             if action == "resume":
@@ -150,6 +183,7 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
             if engine is None:  # every phase was already done: rebuild the last one from its checkpoint
                 seed_everything(cfg.run.seed)
                 engine = build_engine(cfg, phases[-1])
+                pdist.set_collective_timeout(cfg.dist.timeout_minutes)
                 ckpt.load(engine, latest, restore_training_state=False)
             folder = export_run(engine, cfg, out, vocab)
             log0(f"exported {folder}")
@@ -160,6 +194,13 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                                 "hf": cfg.run.export_hf})
         log0(f"run finished: {out}")
         return 0
+    except CheckpointWriteError as exc:  # agreed by every rank; the previous checkpoint is intact
+        log0(str(exc))
+        dist.barrier()  # rank 0 has printed before any rank exits (launchers kill the others on the first exit)
+        return 1
+    except Exception as exc:
+        print(f"[prealign] rank {dist.get_rank()}: {failure_line(exc, cfg, ckpt)}", file=sys.stderr, flush=True)
+        raise
     finally:
         preemption.uninstall()
         if loggers.tensorboard is not None:
