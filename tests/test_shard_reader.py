@@ -323,3 +323,15 @@ def test_skipped_count_crosses_the_worker_boundary(tmp_path):
     strict = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=2)
     with pytest.raises(ShardCorruptError, match=r"shard-000001\.tar: sample 000001-000002"):
         take(strict, 4)
+
+
+def test_loader_workers_ignore_preemption_signals():
+    """A pre-emption signal sent to the whole process group must not kill the DataLoader workers."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal; from prealign_scale.data.shard_reader import _ignore_preemption_signals; "
+            "_ignore_preemption_signals(0); os.kill(os.getpid(), signal.SIGTERM); "
+            "os.kill(os.getpid(), signal.SIGUSR1); print('alive')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "alive"

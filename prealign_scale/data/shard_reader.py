@@ -317,6 +317,16 @@ class _ShardStream(IterableDataset):
 # ------------------------------------------------------------------------------------------ the loader
 
 
+def _ignore_preemption_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGUSR1: a cluster's pre-emption signal reaches the whole process
+    group, and the training process must finish its step and checkpoint with its workers still alive (it
+    shuts them down itself when it exits)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class ShardLoader:
     """Infinite, exactly resumable iterator of phase-2 micro-batches for one data-parallel rank.
 
@@ -441,6 +451,7 @@ class ShardLoader:
             stream,
             batch_size=None,
             num_workers=self.num_workers,
+            worker_init_fn=_ignore_preemption_signals if self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
