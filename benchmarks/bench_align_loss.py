@@ -24,19 +24,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from memtime import measure, run_worker
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -61,26 +55,9 @@ def worker(args: argparse.Namespace) -> dict:
     vectors = torch.randn(L, N, H, device=device, dtype=dtype)
     ids = torch.arange(N, device=device) // 2  # translation pairs
 
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        base = _rss_kib("VmRSS") * 1024
-    times, loss = [], None
-    for i in range(args.repeats + 1):
-        t0 = time.perf_counter()
-        loss = step(vectors, ids)
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:  # the first full-size pass pays page faults / allocator growth: memory only
-            times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024) - base
-    best = min(times)
+    best, peak, loss = measure(lambda: step(vectors, ids), args.repeats, device)
     out = {"impl": args.impl, "L": L, "N": N, "H": H, "dtype": args.dtype, "device": args.device, "block": block,
-               "loss": loss, "seconds": best, "peak_bytes": int(peak)}
+               "loss": loss, "seconds": best, "peak_bytes": peak}
     if args.impl in ("chunked", "triton"):  # chunked: 1 + 3 matmuls; Triton: 1 + 4 (S recomputed twice)
         out["matmul_tflops"] = (4 if args.impl == "chunked" else 5) * 2 * L * N * N * H / best / 1e12
     return out
@@ -106,23 +83,9 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args)))
         return
 
-    rows = []
-    for impl in args.impls.split(","):
-        cmd = [sys.executable, __file__, "--worker", impl] + [
-            f"--{k}={v}" for k, v in (("device", args.device), ("n", args.n), ("layers", args.layers),
-                                      ("hidden", args.hidden), ("dtype", args.dtype), ("block", args.block),
-                                      ("repeats", args.repeats))
-        ]
-        # A fixed mmap threshold makes glibc return every large buffer to the OS when torch frees it, so
-        # the resident high-water mark is the true peak of live tensors (plus the process baseline).
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads),
-                   MALLOC_MMAP_THRESHOLD_="65536")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            rows.append({"impl": impl, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
-        else:
-            rows.append(json.loads(line[0][7:]))
+    flags = {"device": args.device, "n": args.n, "layers": args.layers, "hidden": args.hidden,
+             "dtype": args.dtype, "block": args.block, "repeats": args.repeats}
+    rows = [run_worker(__file__, impl, flags, args.threads) for impl in args.impls.split(",")]
 
     import torch
 

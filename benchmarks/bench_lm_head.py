@@ -18,19 +18,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from memtime import measure, run_worker
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -58,25 +52,9 @@ def worker(args: argparse.Namespace) -> dict:
     targets = torch.randint(0, V, (T,), device=device)
     targets[torch.rand(T, device=device) < 0.1] = IGNORE_INDEX
 
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _rss_kib("VmRSS") * 1024
-    times, loss = [], None
-    for i in range(args.repeats + 1):
-        t0 = time.perf_counter()
-        loss = step(hidden, weight, targets)
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:
-            times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024) - base
+    best, peak, loss = measure(lambda: step(hidden, weight, targets), args.repeats, device)
     return {"impl": args.impl, "T": T, "H": H, "V": V, "dtype": args.dtype, "device": args.device, "chunk": chunk, "loss": loss,
-                "seconds": min(times), "peak_bytes": int(peak)}
+                "seconds": best, "peak_bytes": peak}
 
 
 def main() -> None:
@@ -100,22 +78,13 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args)))
         return
 
+    flags = {"device": args.device, "tokens": args.tokens, "hidden": args.hidden, "dtype": args.dtype,
+             "chunk": args.chunk, "repeats": args.repeats}
     rows = []
     for vocab in (int(v) for v in args.vocabs.split(",")):
         for impl in args.impls.split(","):
-            cmd = [sys.executable, __file__, "--worker", impl, f"--vocab={vocab}"] + [
-                f"--{k}={v}" for k, v in (("device", args.device), ("tokens", args.tokens),
-                                          ("hidden", args.hidden), ("dtype", args.dtype), ("chunk", args.chunk),
-                                          ("repeats", args.repeats))
-            ]
-            env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads),
-                       MALLOC_MMAP_THRESHOLD_="65536")
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                rows.append({"impl": impl, "V": vocab, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
-            else:
-                rows.append(json.loads(line[0][7:]))
+            row = run_worker(__file__, impl, {**flags, "vocab": vocab}, args.threads)
+            rows.append({"V": vocab, **row} if "error" in row else row)
 
     import torch
 
