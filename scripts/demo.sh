@@ -9,6 +9,8 @@ OUT=${DEMO_OUT:-runs/demo}
 export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false
 # DeepSpeed on CPU over gloo, loopback only (STACK.md)
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 MASTER_ADDR=127.0.0.1 GLOO_SOCKET_IFNAME=lo
+# megatron-core and torch print many notices without Transformer Engine / Apex on CPU: keep the console readable
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning,ignore::DeprecationWarning}
 mkdir -p "$OUT"
 t0=$(date +%s)
 
