@@ -85,17 +85,17 @@ def test_discover_single_process_and_bad_rank():
 
 
 @pytest.mark.slow
-def test_mpirun_discovery_and_process_group():
+def test_mpirun_discovery_and_process_group(tmp_path):
     """Two ranks under Open MPI: ranks from OMPI_*, loopback master, a port chosen by rank 0 and broadcast."""
     if subprocess.run(["which", "mpirun"], check=False, capture_output=True).returncode != 0:
         pytest.skip("mpirun is not installed")
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
     cmd = ["mpirun", "--allow-run-as-root", "-np", "2", "--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include",
-           "lo", sys.executable, "tests/dist_scripts/check_discovery.py"]
+           "lo", sys.executable, "tests/dist_scripts/check_discovery.py", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = sorted((json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")), key=lambda r: r["rank"])
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["local_rank"], r["world"], r["launcher"], r["addr"], r["sum"]) for r in rows] == \
         [(0, 0, 2, "mpi", "127.0.0.1", 1.0), (1, 1, 2, "mpi", "127.0.0.1", 1.0)]
     assert rows[0]["port"] == rows[1]["port"] and rows[0]["backend"] == "gloo"
