@@ -31,6 +31,7 @@ import yaml
 ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.kernels.align_loss
 LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
 PHASES = ("all", "align", "lm")
+ATTENTION_IMPLS = ("sdpa", "te")  # prealign_scale.model.builder.layer_spec
 DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
@@ -44,6 +45,9 @@ class ModelConfig:
     vocab_size: int | None = None  # null: the shard manifest's (or the alignment table's) vocab_size
     seq_len: int | None = None  # null: the shard manifest's seq_len (else the preset's default)
     tp: int = 1  # tensor-parallel size; data-parallel size = world_size / tp
+    # megatron's local layer spec with PyTorch SDPA (honours lm.doc_attention's document mask), or "te":
+    # Transformer Engine's spec (GPU images built with TE; causal only, so it needs lm.doc_attention=false)
+    attention: str = "sdpa"
 
 
 @dataclass
@@ -306,6 +310,16 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _choice("lm.schedule", cfg.lm.schedule, ("linear", "cosine", "constant"))
     _choice("align.loss_impl", cfg.align.loss_impl, ALIGN_LOSS_IMPLS)
     _choice("lm.lm_loss_impl", cfg.lm.lm_loss_impl, LM_LOSS_IMPLS)
+    _choice("model.attention", cfg.model.attention, ATTENTION_IMPLS)
+    if cfg.model.attention == "te":
+        from prealign_scale.model.builder import transformer_engine_available
+
+        if cfg.lm.doc_attention and cfg.lm.steps > 0:
+            raise _fail("model.attention", "'te' runs megatron's TE core attention with a causal mask type, "
+                        "which ignores the per-document mask; set lm.doc_attention=false or use 'sdpa'")
+        if not transformer_engine_available():
+            raise _fail("model.attention", "'te' needs Transformer Engine (import transformer_engine.pytorch "
+                        "failed); build the image with --build-arg TE_VERSION=<x.y> or use 'sdpa'")
     if cfg.dist.backend is not None:
         _choice("dist.backend", cfg.dist.backend, ("gloo", "nccl"))
     _positive(cfg, "model.vocab_size", "model.seq_len", "model.tp", "align.entries_per_rank", "align.grad_accum",

@@ -166,6 +166,18 @@ def prepare_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def cuda_device_index(local_rank: int, visible_devices: int) -> int:
+    """The GPU a rank drives: its local rank modulo the devices it can see.
+
+    With every GPU of a node visible (torchrun, deepspeed, mpirun) that is the local rank; under
+    ``srun --gpus-per-task=1`` (or any per-rank ``CUDA_VISIBLE_DEVICES``) each rank sees one device, index 0.
+    """
+    if visible_devices < 1:
+        raise RuntimeError(f"rank with local rank {local_rank} wants CUDA but no device is visible "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return local_rank % visible_devices
+
+
 def init_process_group(info: DistEnv, timeout_minutes: float = 30.0, backend: str | None = None) -> None:
     """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU) with the given timeout."""
     import torch
@@ -176,7 +188,7 @@ def init_process_group(info: DistEnv, timeout_minutes: float = 30.0, backend: st
     if backend is None:
         backend = "nccl" if use_cuda() else "gloo"
     if use_cuda():
-        torch.cuda.set_device(info.local_rank)
+        torch.cuda.set_device(cuda_device_index(info.local_rank, torch.cuda.device_count()))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, distributed_port=info.master_port,
                                timeout=timedelta(minutes=timeout_minutes), rank=info.rank,
                                world_size=info.world_size)

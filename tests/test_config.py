@@ -133,6 +133,20 @@ def test_values_and_choices(tmp_path, data):
         "model.vocab_size: 100 is smaller than the vocab_size 800")
     assert error_of(write_cfg(tmp_path, data), ["align.steps=0", "lm.steps=0"]).startswith(
         "run.phase: nothing to train")
+    assert error_of(write_cfg(tmp_path, data), ["model.attention=flash"]).startswith(
+        "model.attention: must be one of")
+
+
+def test_transformer_engine_attention_refuses_the_document_mask(tmp_path, data):
+    """TE's core attention is built causal and ignores an explicit mask: 'te' with doc_attention is refused."""
+    assert error_of(write_cfg(tmp_path, data), ["model.attention=te"]).startswith(
+        "model.attention: 'te' runs megatron's TE core attention with a causal mask type, which ignores the "
+        "per-document mask; set lm.doc_attention=false")
+    from prealign_scale.model.builder import transformer_engine_available
+
+    if not transformer_engine_available():
+        assert error_of(write_cfg(tmp_path, data), ["model.attention=te", "lm.doc_attention=false"]).startswith(
+            "model.attention: 'te' needs Transformer Engine")
 
 
 def test_ds_config_batch_keys_refused(tmp_path, data):

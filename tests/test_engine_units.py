@@ -84,6 +84,14 @@ def test_discover_single_process_and_bad_rank():
         pdist.discover({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "x"}, export=False)
 
 
+def test_cuda_device_index_follows_the_visible_devices():
+    assert [pdist.cuda_device_index(r, 8) for r in range(8)] == list(range(8))
+    assert [pdist.cuda_device_index(r, 1) for r in range(4)] == [0, 0, 0, 0]  # srun --gpus-per-task=1
+    assert [pdist.cuda_device_index(r, 2) for r in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(RuntimeError, match="local rank 3 wants CUDA but no device is visible"):
+        pdist.cuda_device_index(3, 0)
+
+
 @pytest.mark.slow
 def test_mpirun_discovery_and_process_group(tmp_path):
     """Two ranks under Open MPI: ranks from OMPI_*, loopback master, a port chosen by rank 0 and broadcast."""

@@ -217,7 +217,12 @@ def test_local_spec_uses_sdpa_and_rmsnorm(world1):
     assert isinstance(layer.input_layernorm, torch.nn.RMSNorm)
     assert layer.input_layernorm.eps == get_preset("tiny").norm_eps
     assert model.rotary_pos_emb.inv_freq.shape == (get_preset("tiny").head_dim // 2,)
-    assert layer_spec(False).submodules.self_attention.submodules.core_attention is SDPAttention
+    assert layer_spec().submodules.self_attention.submodules.core_attention is SDPAttention
+    from prealign_scale.model.builder import transformer_engine_available
+
+    if not transformer_engine_available():
+        with pytest.raises(RuntimeError, match="use_transformer_engine=True but transformer_engine.pytorch"):
+            layer_spec(True)
 
 
 # ---------------------------------------------------------------- CPU accommodations and parallel helpers

@@ -6,10 +6,12 @@ attention, untied input embedding and output layer. Dropout is 0. Initialisation
 N(0, init_std) except the two residual output projections (``linear_proj``, ``linear_fc2``) at
 N(0, init_std / sqrt(2 * num_layers)); norm weights 1. The output layer uses init_std too.
 
-Layer spec: Transformer Engine's when ``transformer_engine`` imports (GPU images); otherwise megatron's local
-spec with RMSNorm and `SDPAttention` (PyTorch SDPA) as core attention, on GPU and on CPU alike, so the one
-attention path the tests check is the one GPU runs without TE. On CPU the accommodations of `cpu_compat`
-are applied and weights are initialised on CPU.
+Layer spec: megatron's local spec with RMSNorm and `SDPAttention` (PyTorch SDPA) as core attention, on GPU
+and on CPU alike, so the one attention path the tests check is the one GPU runs. Transformer Engine's spec
+only when asked for (``use_transformer_engine=True``, config ``model.attention: te``): megatron builds its
+core attention with a *causal* mask type, and TE then ignores an explicit ``attention_mask``, so the TE
+spec cannot restrict attention to packed documents (the config refuses ``te`` with ``lm.doc_attention``).
+On CPU the accommodations of `cpu_compat` are applied and weights are initialised on CPU.
 
 ZeRO-3: with ``ds_config`` the model is built inside ``deepspeed.zero.Init`` over megatron's data-parallel
 group, so parameters arrive partitioned (``p.ds_tensor`` is this rank's shard, ``p.numel() == 0`` outside
@@ -52,16 +54,18 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def layer_spec(use_transformer_engine: bool | None = None):
-    """The transformer-layer ModuleSpec: TE's, or the local one with RMSNorm and `SDPAttention`."""
+def layer_spec(use_transformer_engine: bool = False):
+    """The transformer-layer ModuleSpec: the local one with RMSNorm and `SDPAttention`, or TE's (causal only:
+    an explicit attention_mask is ignored by it; see the module docstring)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    if use_transformer_engine is None:
-        use_transformer_engine = transformer_engine_available()
     if use_transformer_engine:
+        if not transformer_engine_available():
+            raise RuntimeError("layer_spec: use_transformer_engine=True but transformer_engine.pytorch does not "
+                               "import")
         return get_gpt_layer_with_transformer_engine_spec()
     from prealign_scale.model.sdpa_attention import SDPAttention
 
@@ -139,14 +143,14 @@ def build_gpt_model(
     params_dtype: torch.dtype = torch.float32,
     init_std: float = 0.02,
     recompute_activations: bool = False,
-    use_transformer_engine: bool | None = None,
+    use_transformer_engine: bool = False,
 ):
     """Build megatron-core's `GPTModel` for `preset` (see the module docstring for the architecture).
 
     Needs megatron's groups (`prealign_scale.model.parallel.init_model_parallel`); the tensor-parallel size
     is theirs. With `ds_config` (a DeepSpeed config dict with ZeRO stage 3) the parameters are created
     partitioned over the data-parallel group; `params_dtype` must then match the config's bf16/fp16 switch.
-    `use_transformer_engine=None` picks TE when importable.
+    `use_transformer_engine=True` takes Transformer Engine's layer spec (causal attention only).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
