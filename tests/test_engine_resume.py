@@ -63,6 +63,21 @@ def test_resumed_run_equals_uninterrupted(runs):
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 
 
+def test_resumed_run_ends_with_the_same_rng_states(runs):
+    """The RNG states saved in the last checkpoint (python, numpy, torch) match the uninterrupted run's on
+    every rank: a resume draws nothing extra from the global generators."""
+    import numpy as np
+    import torch
+
+    a, b, _ = runs
+    for rank in (0, 1):
+        name = f"checkpoints/lm-step00000004/zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+        ra, rb = (torch.load(d / name, map_location="cpu", weights_only=False)["prealign"]["rng"] for d in (a, b))
+        assert torch.equal(ra["torch"], rb["torch"]), f"rank {rank}: torch CPU generator differs"
+        assert ra["python"] == rb["python"], f"rank {rank}: python random differs"
+        assert all(np.array_equal(x, y) for x, y in zip(ra["numpy"], rb["numpy"])), f"rank {rank}: numpy differs"
+
+
 def test_checkpoint_folder_layout(runs):
     _, b, _ = runs
     root = b / "checkpoints"

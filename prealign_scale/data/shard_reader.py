@@ -454,6 +454,10 @@ class ShardLoader:
             worker_init_fn=_ignore_preemption_signals if self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+            # its own generator: the loader draws its workers' base seed from it when the iterator is made,
+            # which would otherwise advance the global torch RNG (a resume makes it after restoring RNG
+            # states; nothing here uses worker seeds: the stream is a function of (seed, shard, sample))
+            generator=torch.Generator().manual_seed(self.seed),
         )
         batches = iter(loader)
         try:
