@@ -31,7 +31,7 @@ import yaml
 ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.kernels.align_loss
 LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
 PHASES = ("all", "align", "lm")
-ATTENTION_IMPLS = ("sdpa", "te")  # prealign_scale.model.builder.layer_spec
+ATTENTION_IMPLS = ("auto", "sdpa", "te")  # prealign_scale.model.builder.layer_spec
 DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
@@ -45,9 +45,10 @@ class ModelConfig:
     vocab_size: int | None = None  # null: the shard manifest's (or the alignment table's) vocab_size
     seq_len: int | None = None  # null: the shard manifest's seq_len (else the preset's default)
     tp: int = 1  # tensor-parallel size; data-parallel size = world_size / tp
-    # megatron's local layer spec with PyTorch SDPA (honours lm.doc_attention's document mask), or "te":
-    # Transformer Engine's spec (GPU images built with TE; causal only, so it needs lm.doc_attention=false)
-    attention: str = "sdpa"
+    # auto: Transformer Engine's layers when TE imports (else megatron's local ones), PyTorch SDPA core
+    # attention (honours lm.doc_attention's document mask); sdpa: local layers always; te: TE's layers and
+    # TE's core attention (causal only, so it needs lm.doc_attention=false)
+    attention: str = "auto"
 
 
 @dataclass

@@ -217,12 +217,17 @@ def test_local_spec_uses_sdpa_and_rmsnorm(world1):
     assert isinstance(layer.input_layernorm, torch.nn.RMSNorm)
     assert layer.input_layernorm.eps == get_preset("tiny").norm_eps
     assert model.rotary_pos_emb.inv_freq.shape == (get_preset("tiny").head_dim // 2,)
-    assert layer_spec().submodules.self_attention.submodules.core_attention is SDPAttention
-    from prealign_scale.model.builder import transformer_engine_available
+    from prealign_scale.model.builder import resolve_attention, transformer_engine_available
 
+    for attention in ("auto", "sdpa"):
+        assert layer_spec(attention).submodules.self_attention.submodules.core_attention is SDPAttention
+    assert resolve_attention("sdpa") == "sdpa"
+    assert resolve_attention("auto") == ("te+sdpa" if transformer_engine_available() else "sdpa")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        layer_spec("flash")
     if not transformer_engine_available():
-        with pytest.raises(RuntimeError, match="use_transformer_engine=True but transformer_engine.pytorch"):
-            layer_spec(True)
+        with pytest.raises(RuntimeError, match="attention='te' but transformer_engine.pytorch does not import"):
+            layer_spec("te")
 
 
 # ---------------------------------------------------------------- CPU accommodations and parallel helpers

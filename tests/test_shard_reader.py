@@ -240,6 +240,31 @@ def test_truncated_shard_is_skipped_and_counted(tmp_path):
     assert pad["input_ids"].shape == (2, SEQ)
 
 
+def flip_high_byte(shard: int, i: int, member: str) -> dict:
+    """Sample (shard, i) encoded, with the high byte of token 5 of `member` set to 0xFF (a flipped byte)."""
+    d = encode_sample(sample_key(shard, i), make_sample(shard, i))
+    raw = bytearray(d[member])
+    raw[5 * 4 + 3] = 0xFF
+    d[member] = bytes(raw)
+    return d
+
+
+@pytest.mark.parametrize("member,message", [
+    ("input_ids.bin", r"sample 000001-000002: input id 4278191105 >= the manifest's vocab_size 100000"),
+    ("targets.bin", r"sample 000001-000002: target id -16776181 outside \[0, 100000\) \(and not -100\)"),
+])
+def test_out_of_vocabulary_ids_stop_the_reader_naming_the_sample(tmp_path, member, message):
+    sample = lambda s, i: flip_high_byte(s, i, member) if (s, i) == (1, 2) else make_sample(s, i)
+    d = write_shards(tmp_path / "s", n_shards=2, per_shard=4, sample=sample)
+    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False)
+    with pytest.raises(ShardCorruptError, match=r"shard-000001\.tar: " + message):
+        take(loader, 4)
+    skipping = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False,
+                           skip_corrupt=True)
+    batches = take(skipping, 4)
+    assert [b["skipped"] for b in batches] == [0, 0, 0, 1] and batches[3]["keys"] == [None, "000001-000003"]
+
+
 def test_shard_cut_inside_a_header_reports_the_last_good_key(tmp_path):
     d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
     path = d / shard_name(1)

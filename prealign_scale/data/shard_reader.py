@@ -184,6 +184,7 @@ class _ShardStream(IterableDataset):
         self.samples_per_shard = int(manifest["shards"][0]["samples"])
         self.seq_len = int(manifest["seq_len"])
         self.eos_id = int(manifest["eos_id"])
+        self.vocab_size = int(manifest["vocab_size"])
         self.lang_index = {lang: i for i, lang in enumerate(manifest["languages"])}
         self.b, self.dp_rank, self.dp_world_size = micro_batch_size, dp_rank, dp_world_size
         self.seed, self.n_readers, self.shuffle_shards = seed, n_readers, shuffle_shards
@@ -270,6 +271,16 @@ class _ShardStream(IterableDataset):
             seg = s.segments.astype(np.int64)
             if seg.size and (np.any(np.diff(seg) < 0) or seg[-1] >= len(s.langs)):
                 raise SampleFormatError(f"{where}: segments must be non-decreasing ids < {len(s.langs)}")
+            # ids outside the vocabulary (a flipped byte, shards of another tokenizer) would otherwise fail
+            # deep inside the embedding lookup, or on GPU read garbage, without naming the sample
+            if s.input_ids.size and int(s.input_ids.max()) >= self.vocab_size:
+                raise SampleFormatError(f"{where}: input id {int(s.input_ids.max())} >= the manifest's "
+                                        f"vocab_size {self.vocab_size}")
+            t = s.targets[s.targets != IGNORE_INDEX]
+            if t.size and (int(t.min()) < 0 or int(t.max()) >= self.vocab_size):
+                bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+                raise SampleFormatError(f"{where}: target id {bad} outside [0, {self.vocab_size}) (and not "
+                                        f"{IGNORE_INDEX})")
             unknown = [lang for lang in s.langs if lang not in self.lang_index]
             if unknown:
                 raise SampleFormatError(f"{where}: languages {unknown} are not in the manifest's languages")

@@ -80,7 +80,7 @@ def build_engine(cfg: Config, phase: str):
     recompute = "activation_checkpointing" in ds and cuda_available() and phase == "lm"
     model = build_gpt_model(get_preset(cfg.model.preset), model_vocab_size(cfg), int(cfg.model.seq_len),
                             ds_config=ds, params_dtype=ds_config_dtype(ds), recompute_activations=recompute,
-                            use_transformer_engine=cfg.model.attention == "te")
+                            attention=cfg.model.attention)
     # word vectors use the unembedding rows outside the output layer: phase 1, and the alignment probe
     if phase == "align" or (cfg.run.probe_every > 0 and cfg.data.table_dir):
         attach_unembedding_rows(model)

@@ -6,12 +6,16 @@ attention, untied input embedding and output layer. Dropout is 0. Initialisation
 N(0, init_std) except the two residual output projections (``linear_proj``, ``linear_fc2``) at
 N(0, init_std / sqrt(2 * num_layers)); norm weights 1. The output layer uses init_std too.
 
-Layer spec: megatron's local spec with RMSNorm and `SDPAttention` (PyTorch SDPA) as core attention, on GPU
-and on CPU alike, so the one attention path the tests check is the one GPU runs. Transformer Engine's spec
-only when asked for (``use_transformer_engine=True``, config ``model.attention: te``): megatron builds its
-core attention with a *causal* mask type, and TE then ignores an explicit ``attention_mask``, so the TE
-spec cannot restrict attention to packed documents (the config refuses ``te`` with ``lm.doc_attention``).
-On CPU the accommodations of `cpu_compat` are applied and weights are initialised on CPU.
+Layer spec (``attention``, config ``model.attention``):
+- ``auto`` (default): Transformer Engine's spec when ``transformer_engine`` imports (GPU images: fused
+  norm+linear layers), else megatron's local spec with RMSNorm; in both the core attention is
+  `SDPAttention` (PyTorch SDPA), which honours the per-document mask.
+- ``sdpa``: megatron's local spec with `SDPAttention`, whether or not TE is installed.
+- ``te``: TE's spec with TE's own core attention. megatron builds it with a *causal* mask type, and TE then
+  ignores an explicit ``attention_mask``, so it cannot restrict attention to packed documents (the config
+  refuses ``te`` with ``lm.doc_attention``).
+On CPU the tests run the local spec; the TE variants need a GPU image with TE. On CPU the accommodations of
+`cpu_compat` are applied and weights are initialised on CPU.
 
 ZeRO-3: with ``ds_config`` the model is built inside ``deepspeed.zero.Init`` over megatron's data-parallel
 group, so parameters arrive partitioned (``p.ds_tensor`` is this rank's shard, ``p.numel() == 0`` outside
@@ -54,22 +58,36 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def layer_spec(use_transformer_engine: bool = False):
-    """The transformer-layer ModuleSpec: the local one with RMSNorm and `SDPAttention`, or TE's (causal only:
-    an explicit attention_mask is ignored by it; see the module docstring)."""
+ATTENTION_CHOICES = ("auto", "sdpa", "te")
+
+
+def resolve_attention(attention: str = "auto") -> str:
+    """``auto`` -> ``te+sdpa`` (TE layers, SDPA core attention) when TE imports, else ``sdpa``."""
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    if attention == "auto":
+        return "te+sdpa" if transformer_engine_available() else "sdpa"
+    if attention == "te" and not transformer_engine_available():
+        raise RuntimeError("attention='te' but transformer_engine.pytorch does not import")
+    return attention
+
+
+def layer_spec(attention: str = "auto"):
+    """The transformer-layer ModuleSpec for `attention` (see the module docstring)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    if use_transformer_engine:
-        if not transformer_engine_available():
-            raise RuntimeError("layer_spec: use_transformer_engine=True but transformer_engine.pytorch does not "
-                               "import")
-        return get_gpt_layer_with_transformer_engine_spec()
     from prealign_scale.model.sdpa_attention import SDPAttention
 
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    kind = resolve_attention(attention)
+    if kind == "te":
+        return get_gpt_layer_with_transformer_engine_spec()
+    if kind == "te+sdpa":
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec
 
@@ -143,14 +161,14 @@ def build_gpt_model(
     params_dtype: torch.dtype = torch.float32,
     init_std: float = 0.02,
     recompute_activations: bool = False,
-    use_transformer_engine: bool = False,
+    attention: str = "auto",
 ):
     """Build megatron-core's `GPTModel` for `preset` (see the module docstring for the architecture).
 
     Needs megatron's groups (`prealign_scale.model.parallel.init_model_parallel`); the tensor-parallel size
     is theirs. With `ds_config` (a DeepSpeed config dict with ZeRO stage 3) the parameters are created
     partitioned over the data-parallel group; `params_dtype` must then match the config's bf16/fp16 switch.
-    `use_transformer_engine=True` takes Transformer Engine's layer spec (causal attention only).
+    `attention` picks the layer spec: auto, sdpa or te (see the module docstring).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -189,7 +207,7 @@ def build_gpt_model(
         tensor_parallel_size=tp,
         recompute_activations=recompute_activations,
     )
-    spec = layer_spec(use_transformer_engine)
+    spec = layer_spec(attention)
 
     def construct():
         return GPTModel(
