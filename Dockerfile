@@ -59,8 +59,10 @@ RUN if [ -n "${TE_VERSION}" ]; then \
 # 4. The project with the pins of pyproject.toml; mpi4py compiled against this image's Open MPI (PMIx-enabled).
 COPY pyproject.toml /src/
 COPY prealign_scale /src/prealign_scale
+# liger-kernel (the LM head's fused cross-entropy on CUDA) without its requirements, which would replace torch.
 RUN PIP_NO_BINARY=mpi4py pip install /src \
- && python -c "import torch, deepspeed, megatron.core, mpi4py, prealign_scale; print(torch.__version__, torch.version.cuda)"
+ && pip install --no-deps liger-kernel==0.8.5 \
+ && python -c "import torch, deepspeed, megatron.core, mpi4py, liger_kernel, prealign_scale; print(torch.__version__, torch.version.cuda)"
 
 # ---------------------------------------------------------------------------------------------------------
 # runtime: CUDA runtime libraries, Open MPI + PMIx, the venv, the code; a non-root user
@@ -89,6 +91,7 @@ COPY --chown=prealign:prealign configs ./configs
 COPY --chown=prealign:prealign ds_configs ./ds_configs
 COPY --chown=prealign:prealign scripts ./scripts
 COPY --chown=prealign:prealign data/embedded ./data/embedded
+COPY --chown=prealign:prealign data/eval ./data/eval
 COPY --chown=prealign:prealign pyproject.toml README.md ./
 RUN install -d -o prealign -g prealign /opt/prealign-scale/runs
 

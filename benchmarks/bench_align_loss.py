@@ -60,6 +60,13 @@ def worker(args: argparse.Namespace) -> dict:
                "loss": loss, "seconds": best, "peak_bytes": peak}
     if args.impl in ("chunked", "triton"):  # chunked: 1 + 3 matmuls; Triton: 1 + 4 (S recomputed twice)
         out["matmul_tflops"] = (4 if args.impl == "chunked" else 5) * 2 * L * N * N * H / best / 1e12
+        # the measure: the fraction of the card's dense bf16 peak the similarity matmuls reach
+        from prealign_scale.engine.callbacks import peak_flops
+
+        peak_card = peak_flops() if device.type == "cuda" else None
+        if peak_card:
+            out["peak_bf16_tflops"] = peak_card / 1e12
+            out["fraction_of_bf16_peak"] = out["matmul_tflops"] * 1e12 / peak_card
     return out
 
 
@@ -90,13 +97,15 @@ def main() -> None:
     import torch
 
     print(f"alignment loss fwd+bwd, L={args.layers} N={args.n} H={args.hidden} {args.dtype} on {args.device}")
-    print(f"{'impl':<8} {'time s':>8} {'peak MiB':>10} {'loss':>10} {'TFLOP/s':>8}")
+    print(f"{'impl':<8} {'time s':>8} {'peak MiB':>10} {'loss':>10} {'TFLOP/s':>8} {'of peak':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['impl']:<8} failed: {r['error']}")
             continue
         tf = f"{r['matmul_tflops']:.3f}" if "matmul_tflops" in r else "-"
-        print(f"{r['impl']:<8} {r['seconds']:>8.2f} {r['peak_bytes'] / 2**20:>10.1f} {r['loss']:>10.5f} {tf:>8}")
+        frac = f"{r['fraction_of_bf16_peak']:.1%}" if "fraction_of_bf16_peak" in r else "-"
+        print(f"{r['impl']:<8} {r['seconds']:>8.2f} {r['peak_bytes'] / 2**20:>10.1f} {r['loss']:>10.5f} {tf:>8} "
+              f"{frac:>8}")
     ok = [r for r in rows if "error" not in r]
     by = {r["impl"]: r for r in ok}
     summary = {}

@@ -26,4 +26,7 @@ echo "[install] pip install (torch==2.13.0 first, then the project with its pins
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev]"
+# liger-kernel: the LM head's fused cross-entropy on CUDA (lm.lm_loss_impl auto/liger); its own requirements
+# would pull a CUDA torch, so without them (STACK.md). Tested on CPU under the Triton interpreter.
+.venv/bin/pip install -q --no-deps liger-kernel==0.8.5
 echo "[install] done"

@@ -126,7 +126,7 @@ def test_auto_and_naive_and_liger_selection():
     for impl in ("auto", "naive", "chunked"):
         assert fused_linear_cross_entropy(hidden, weight, targets, impl=impl).item() == pytest.approx(
             ref.item(), abs=1e-12)
-    if not liger_available():
+    if not liger_available():  # installed by scripts/install.sh: then tests/test_lm_head_liger.py runs it
         with pytest.raises(ValueError, match="liger-kernel is not installed"):
             fused_linear_cross_entropy(hidden, weight, targets, impl="liger")
 

@@ -112,8 +112,9 @@ class Progress:
 class Preemption:
     """SIGTERM / SIGUSR1 set a flag; the loop finishes the step, checkpoints and exits 0.
 
-    DataLoader workers (``data.num_workers > 0``) die on SIGTERM (torch installs its own handler in them),
-    so with workers ask the cluster for SIGUSR1 (SLURM: ``#SBATCH --signal=USR1@120``).
+    The shard reader's DataLoader workers (``data.num_workers > 0``) ignore both signals
+    (``shard_reader._ignore_preemption_signals``), so the main process checkpoints with its workers alive.
+    On SLURM ask for SIGUSR1 (``#SBATCH --signal=USR1@180``): SIGTERM also comes with ``scancel``.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
