@@ -29,7 +29,7 @@ from prealign_scale.model.parallel import (
     init_model_parallel,
     tp_group,
 )
-from prealign_scale.model.presets import get_preset
+from prealign_scale.model.presets import PRESETS, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,24 @@ def test_preset_count_equals_built_model(world1, name, vocab):
     assert sum(p.numel() for p in model.parameters()) == get_preset(name).num_params(vocab)
     assert not any(n.endswith("bias") for n, _ in model.named_parameters())
     assert model.output_layer.weight is not model.embedding.word_embeddings.weight
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_built_on_the_meta_device_has_the_formula_counts(world1, name):
+    """Each preset (70b too) built for real on the meta device (shapes only, no memory): the parameter count
+    and the matmul parameters that FLOPs/token and MFU use equal the preset's formulas."""
+    vocab = 32000
+    preset = get_preset(name)
+    init_model_parallel(1, seed=1)
+    with torch.device("meta"):
+        model = build_gpt_model(preset, vocab, 128)
+    params = dict(model.named_parameters())
+    assert {p.device.type for p in params.values()} == {"meta"}
+    assert sum(p.numel() for p in params.values()) == preset.num_params(vocab)
+    # matmul weights: every 2-D weight except the input embedding (a lookup)
+    matmul = sum(p.numel() for n, p in params.items() if p.dim() == 2 and "word_embeddings" not in n)
+    assert matmul == preset.matmul_params(vocab)
+    assert len(model.decoder.layers) == preset.num_layers
 
 
 def test_initialisation_statistics(world1):
