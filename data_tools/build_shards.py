@@ -7,10 +7,15 @@ Usage (from the repository root):
         --mixture en=0.9,clone=0.1 --p 0.05 --seq-len 256 --shard-multiple 4 --workers 2
 
     mpirun -np 4 python data_tools/build_shards.py ...     # multi-node: ranks split chunks and shards
+    srun --mpi=pmix -n 4 python data_tools/build_shards.py ...   # (plain multi-task srun is refused)
 
 A YAML file (`--config build.yaml`, keys of prealign_scale.data.build_config.BuildConfig) may hold the
 build; flags given on the command line override it. Re-running the same command resumes a killed build.
-Shard format: docs/formats.md.
+
+Bad input (a setting, a file, a corpus line, a mixture or shard count the data cannot meet) stops the build
+with exit code 2 and one line, `error: ...`, naming the field or `file:line`. After an error, fix the input
+and run again: the folder is taken over and the tokenised chunks that are still valid are kept (a changed
+mixture or layout re-plans without re-tokenising). Shard format and the rules: docs/formats.md.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fact-repeats", type=int, help="statements of each fact (default 10)")
     p.add_argument("--facts-lang", help="language of the fact documents (default: the first switched one)")
     p.add_argument("--workers", type=int, default=1, help="worker processes per rank (default 1)")
-    p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds (the tokenised chunks of a build there are kept where their "
+                        "inputs and settings are unchanged; delete --out/.work to redo them)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 

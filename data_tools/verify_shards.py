@@ -1,6 +1,10 @@
-"""Check a shard folder against its manifest: checksums, counts, sample shapes, id ranges.
+"""Check a shard folder against its manifest: checksums, counts, sample shapes, id ranges, meta.json fields.
 
-Usage: python data_tools/verify_shards.py runs/shards        (exit 1 and every bad shard named if any)
+Usage: python data_tools/verify_shards.py runs/shards
+
+Prints `OK: ...` and exits 0 when every shard matches; otherwise prints `BAD: ...` and one line per problem,
+each naming its shard (and sample), and exits 1. Every shard is checked even when earlier ones are damaged.
+A missing or unusable manifest.json is reported the same way (exit 1); bad arguments exit 2.
 """
 
 from __future__ import annotations

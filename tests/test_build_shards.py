@@ -218,9 +218,11 @@ def test_empty_corpus_and_tokenizer_mismatch(data, tmp_path):
 
 
 def test_mixture_that_cannot_be_met(data, tmp_path):
-    with pytest.raises(BuildError, match="cannot be met"):
+    # .gz corpora: bounded by their decompressed bytes, before any tokenisation (nothing created)
+    with pytest.raises(BuildError, match="mixture cannot be met: en needs 900,000,000 tokens .* hold only"):
         build_shards(clone_cfg(data, total_tokens=10**9), tmp_path / "c", progress=False)
-    # uncompressed corpus: the byte bound catches it before any tokenisation
+    assert not (tmp_path / "c").exists()
+    # uncompressed corpus: bounded by its size
     plain = tmp_path / "en.txt"
     plain.write_text("in the beginning\n" * 10)
     with pytest.raises(BuildError, match="hold only"):

@@ -13,6 +13,7 @@ from prealign_scale.data.corpus import (
     CorpusError,
     Document,
     check_corpus,
+    decompressed_size,
     detect_format,
     iter_corpus_texts,
     iter_documents,
@@ -188,3 +189,27 @@ def test_write_jsonl_reproducible_gzip(tmp_path):
     write_jsonl(z, recs)
     assert docs_of(z) == docs_of(p1)
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_decompressed_size_counts_every_member_and_can_stop_early(tmp_path):
+    """Content bytes, not the gzip trailer's ISIZE (size mod 2**32 of the LAST member only)."""
+    a, b = b'{"text": "first"}\n' * 1000, b'{"text": "second"}\n' * 10
+    two = tmp_path / "two.jsonl.gz"
+    two.write_bytes(gzip.compress(a) + gzip.compress(b))  # two members, as `cat x.gz y.gz` makes
+    assert int.from_bytes(two.read_bytes()[-4:], "little") == len(b)  # what ISIZE would claim
+    assert decompressed_size(two) == len(a) + len(b) == 18190
+    z = tmp_path / "c.jsonl.zst"
+    z.write_bytes(zstandard.ZstdCompressor().compress(a) + zstandard.ZstdCompressor().compress(b))  # 2 frames
+    assert decompressed_size(z) == 18190
+    plain = tmp_path / "p.jsonl"
+    plain.write_bytes(a)
+    assert decompressed_size(plain) == decompressed_size(plain, stop_after=5) == 18000
+    # stop_after: decompression stops once that many bytes are counted (reads are 1 MiB blocks)
+    big = tmp_path / "big.txt.gz"
+    big.write_bytes(gzip.compress(b"x" * (3 << 20)))
+    assert decompressed_size(big, stop_after=1) == 1 << 20
+    assert decompressed_size(big) == 3 << 20
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(a)[:-12])
+    with pytest.raises(CorpusError, match=rf"{cut}: corrupt or truncated compressed data after "):
+        decompressed_size(cut)

@@ -1,4 +1,11 @@
-"""The shard builder's typed config and its validation (everything checked before any work starts)."""
+"""The shard builder's typed config and its validation.
+
+Checked before any work starts (:func:`prepare`, :func:`check_quotas`): every setting, every input file up to
+its first document, the tokenizer against the table, and upper bounds on the tokens the corpora can give
+(a quota or a shard count they certainly cannot meet). Found later, by the stages that read everything: a bad
+line further into a corpus (stage A stops with a BuildError naming ``file:line``) and a quota that the bound
+allowed but the real token counts do not meet (the plan stops with a BuildError).
+"""
 
 from __future__ import annotations
 
@@ -70,24 +77,60 @@ class BuildConfig:
         d["mixture"] = self.normalized_mixture()
         return d
 
+    def _shared_inputs(self) -> dict[str, list[int]]:
+        """(size, mtime) of the tokenizer and table files, which every language's chunks depend on."""
+        files = {}
+        if self.tokenizer:
+            files[str(Path(self.tokenizer) / "tokenizer.json")] = _input_id(Path(self.tokenizer) / "tokenizer.json")
+        if self.table:
+            for name in ("entries.jsonl", "meta.json"):
+                files[str(Path(self.table) / name)] = _input_id(Path(self.table) / name)
+        return files
+
+    def _fact_inputs(self) -> dict[str, list[int]]:
+        return {p: _input_id(p) for p in (self.facts, self.fact_templates) if p}
+
     def fingerprint(self) -> str:
-        """Identity of a build: the config plus the size of every input (a resume must see the same)."""
-        sizes = {p: _size(p) for paths in self.corpora.values() for p in paths}
-        for extra in (self.facts, self.fact_templates):
-            if extra:
-                sizes[extra] = _size(extra)
-        for folder, name in ((self.tokenizer, "tokenizer.json"), (self.table, "entries.jsonl")):
-            if folder:
-                sizes[str(Path(folder) / name)] = _size(Path(folder) / name)
-        blob = json.dumps({"config": self.to_manifest(), "inputs": sizes}, sort_keys=True)
+        """Identity of a build: the config plus size and mtime of every input (a resume must see the same).
+
+        The mtime makes an edited file a changed input even when its size stays the same (a corrected
+        corpus line): work done from the old content is not reused for the new one.
+        """
+        inputs = {p: _input_id(p) for paths in self.corpora.values() for p in paths}
+        inputs.update(self._fact_inputs())
+        inputs.update(self._shared_inputs())
+        blob = json.dumps({"config": self.to_manifest(), "inputs": inputs}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def chunk_keys(self) -> dict[str, str]:
+        """Per language: the identity of its tokenised chunks (stage A), a hash of everything they depend on.
 
-def _size(path) -> int:
+        That is the language's corpora (paths, size, mtime), the facts when they go into this language, the
+        tokenizer and table files, and the tokenisation settings (p, seed, switch/clone languages, ...). NOT
+        the mixture, total_tokens, seq_len, samples_per_shard or shard_multiple: those only change the plan,
+        so a build that changes them reuses the chunks (see build_shards._claim_folder).
+        """
+        m = self.to_manifest()
+        shared = {k: m[k] for k in ("tokenizer", "table", "p", "seed", "include_heldout", "switch_langs",
+                                    "clone_langs", "docs_per_chunk", "text_field", "corpus_format")}
+        shared["inputs"] = self._shared_inputs()
+        keys = {}
+        for lang, paths in self.corpora.items():
+            own: dict = {"lang": lang, "corpora": [[p, _input_id(p)] for p in paths], "shared": shared}
+            if lang == self.resolved_facts_lang():
+                own["facts"] = {"files": self._fact_inputs(), "facts": self.facts,
+                                "fact_templates": self.fact_templates, "fact_repeats": self.fact_repeats}
+            keys[lang] = hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()
+        return keys
+
+
+def _input_id(path) -> list[int]:
+    """[size, mtime in ns] of an input file; [-1, -1] when it cannot be read."""
     try:
-        return os.path.getsize(path)
+        st = os.stat(path)
     except OSError:
-        return -1
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
 
 
 @dataclass
@@ -101,6 +144,8 @@ class Prepared:
     pad_id: int | None
     tokenizer_sha256: str
     dictionary_sha256: str | None
+    # lang -> most tokens one byte of its text can become (None: no bound known); see check_quotas
+    tokens_per_byte: dict[str, int | None] = field(default_factory=dict)
 
 
 _PREPARED: dict[str, Prepared] = {}
@@ -158,8 +203,6 @@ def _prepare(cfg: BuildConfig) -> Prepared:
         bad = {k: w for k, w in cfg.mixture.items() if not (isinstance(w, (int, float)) and w > 0)}
         if bad:
             raise BuildError(f"mixture: weights must be positive numbers, got {bad}")
-        if cfg.total_tokens is not None:
-            _check_bytes_bound(cfg)
 
     try:
         hf_tok = load_tokenizer(cfg.tokenizer)
@@ -195,6 +238,7 @@ def _prepare(cfg: BuildConfig) -> Prepared:
     switcher = make_switcher(table, tok, _source_lang(cfg, table), cfg.include_heldout) if cfg.p > 0 else None
     encoder = word_encoder(tok)
     contexts = {}
+    growth = _tokens_per_byte(cfg, tok, table, switcher)
     for lang in cfg.corpora:
         contexts[lang] = ChunkContext(
             encoder=encoder,
@@ -205,7 +249,25 @@ def _prepare(cfg: BuildConfig) -> Prepared:
             clone_offset=V if lang in cfg.clone_langs else 0,
         )
     return Prepared(contexts, V + clone_offset, clone_offset, int(hf_tok.eos_token_id), hf_tok.pad_token_id,
-                    tok_sha, table.sha256() if table is not None else None)
+                    tok_sha, table.sha256() if table is not None else None, growth)
+
+
+def _tokens_per_byte(cfg: BuildConfig, tok, table, switcher) -> dict[str, int | None]:
+    """Per language, an upper bound on tokens per byte of text (None when none is known).
+
+    Without a normaliser (which may lengthen text), every tokenizer model makes at most one token per byte
+    (byte-level BPE: exactly the bytes in the worst case; others: at least a character, or an unknown token,
+    per token). English-Clone shifts ids (the same count). A dictionary switch replaces a word (>= 1 byte)
+    by a translation of at most `longest` tokens (its stored tokens, or its no-space form: <= its bytes).
+    """
+    if tok.normalizer is not None:
+        return {lang: None for lang in cfg.corpora}
+    longest = 1
+    if switcher is not None and table is not None and table.meta.get("kind") != "clone":
+        longest = max(max(len(toks), len(w.encode("utf-8"))) for e in table.entries
+                      for w, toks in zip(e.words, e.tokens))
+    switched = set(cfg.resolved_switch_langs())
+    return {lang: longest if lang in switched and lang not in cfg.clone_langs else 1 for lang in cfg.corpora}
 
 
 def _source_lang(cfg: BuildConfig, table) -> str:
@@ -229,14 +291,45 @@ def _check_numbers(cfg: BuildConfig) -> None:
             raise BuildError(f"{name}: must be {what}, got {getattr(cfg, name)!r}")
 
 
-def _check_bytes_bound(cfg: BuildConfig) -> None:
-    """A byte-level BPE makes at most one token per byte: a quota above a corpus's bytes cannot be met."""
+def check_quotas(cfg: BuildConfig, prepared: Prepared) -> None:
+    """Before any tokenising: refuse a mixture quota or a shard count that the corpora certainly cannot meet.
+
+    Upper bound on a language's tokens: ``k * (content bytes + 1)`` per file (every document's text is at
+    most its bytes in the file minus its line break, which pays for the document's EOS; ``k`` from
+    :func:`_tokens_per_byte`), plus the fact documents. Compressed files are counted by decompressing them
+    (corpus.decompressed_size), which stops as soon as the count proves the bound: a mixture that can be
+    met costs reading at most its quota's bytes. The exact check, on the real token counts, is the plan's.
+    """
+    from prealign_scale.data.corpus import CorpusError, decompressed_size
+
     mix = cfg.normalized_mixture()
+    need = {lang: mix[lang] * cfg.total_tokens if mix and cfg.total_tokens else 0.0 for lang in cfg.corpora}
+    # shard_multiple samples of seq_len need a stream of shard_multiple * seq_len + 1 tokens (packing.py)
+    stream_need = cfg.shard_multiple * cfg.seq_len + 1
+    bound: dict[str, int] = {}
     for lang, paths in cfg.corpora.items():
-        if any(str(p).endswith((".gz", ".zst")) for p in paths):
-            continue  # compressed: the size says nothing certain; checked exactly after tokenisation
-        n_bytes = sum(_size(p) for p in paths)
-        need = mix[lang] * cfg.total_tokens
-        if need > n_bytes:
-            raise BuildError(f"mixture: {lang} needs {int(need):,} tokens of total_tokens={cfg.total_tokens:,} "
-                             f"but its files hold only {n_bytes:,} bytes")
+        k = prepared.tokens_per_byte.get(lang)
+        if k is None:
+            continue  # a normaliser may lengthen the text: no bound
+        goal = max(need[lang], stream_need)  # count no further than both checks need
+        total = sum(k * len(t.encode("utf-8")) + 1 for t in cfg.fact_documents()) \
+            if lang == cfg.resolved_facts_lang() else 0
+        n_bytes = 0
+        for path in paths:
+            stop = max(0, -(-(int(goal) + 1 - total) // k))  # bytes that would prove the goal
+            try:
+                n = decompressed_size(path, stop_after=stop)
+            except CorpusError as exc:
+                raise BuildError(f"corpora.{lang}: {exc}") from exc
+            n_bytes += n
+            total += k * (n + 1)
+        bound[lang] = total
+        if need[lang] > total:
+            raise BuildError(f"mixture cannot be met: {lang} needs {int(need[lang]):,} tokens of total_tokens="
+                             f"{cfg.total_tokens:,} but its files hold only {n_bytes:,} bytes of text (at most "
+                             f"{total:,} tokens); lower total_tokens or {lang}'s weight, or add data")
+    if len(bound) == len(cfg.corpora) and sum(bound.values()) < stream_need:
+        raise BuildError(f"shard_multiple: the corpora make at most {sum(bound.values()):,} tokens, fewer than "
+                         f"the {stream_need:,} that shard_multiple={cfg.shard_multiple} samples of seq_len="
+                         f"{cfg.seq_len} need (one sample per shard at least); add data, shorten seq_len or "
+                         "lower shard_multiple")

@@ -5,11 +5,19 @@
     stage B  (shards, parallel)   cut samples from the chunks -> shard-{i}.tar (+ .work/shards/{i}.json)
     manifest (rank 0)             manifest.json from the per-shard records
 
-Parallelism: a pool of worker processes per rank, and MPI ranks (mpi4py, under mpirun/srun) splitting
-chunks and shards round-robin. Every output byte is a pure function of (inputs, config, seed): the same
-inputs give byte-identical shards and manifest whatever the number of workers or ranks. Every unit of work
-(chunk, shard, manifest) is written to a temporary name and renamed when complete, so a killed build resumes
-where it stopped and never leaves a truncated file under a final name.
+Parallelism: a pool of worker processes per rank, and MPI ranks (mpi4py, under mpirun or srun --mpi=pmix)
+splitting chunks and shards round-robin. Every output byte is a pure function of (inputs, config, seed): the
+same inputs give byte-identical shards and manifest whatever the number of workers or ranks. Every unit of
+work (chunk, shard, manifest) is written to a temporary name and renamed when complete, so a killed build
+resumes where it stopped and never leaves a truncated file under a final name.
+
+The folder's state (``.work/``): ``config.sha256`` (the build's fingerprint: config + input sizes and mtimes),
+``chunk_keys.json`` (per language, the identity of its chunks: inputs and tokenisation settings, not the
+mixture or layout), and ``stopped.txt`` while the last attempt ended on a BuildError (a bad corpus line, a
+mixture the real token counts cannot meet). The same config resumes. A different config replaces the build
+when it stopped on an error or with ``overwrite``, keeping the chunks whose key is unchanged (a new mixture
+or layout re-plans without re-tokenising; a corrected corpus re-tokenises that language only); otherwise a
+different config is refused (the folder may hold a finished build, or one still running).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from prealign_scale.data import doc_chunks, packing
-from prealign_scale.data.build_config import BuildConfig, BuildError, prepare
+from prealign_scale.data.build_config import BuildConfig, BuildError, check_quotas, prepare
+from prealign_scale.data.corpus import CorpusError
 from prealign_scale.data.shard_format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -34,19 +44,20 @@ from prealign_scale.data.shard_format import (
     sample_key,
     shard_name,
 )
-from prealign_scale.dist_mpi import World, mpi_world
+from prealign_scale.dist_mpi import LauncherError, World, mpi_world
 
 __all__ = ["BuildConfig", "BuildError", "build_shards"]
 
 
 # ----------------------------------------------------------------------------------------------- workers
-_CTX: dict[str, doc_chunks.ChunkContext] = {}  # per worker process: lang -> context (built once)
+# lang -> context, set by the rank's main process before its pool forks: workers inherit it (an initializer
+# that could fail would make the pool restart its workers forever).
+_CTX: dict[str, doc_chunks.ChunkContext] = {}
+STOPPED = "stopped.txt"  # in .work/: the last attempt ended on this BuildError (see the module docstring)
 
 
-def _init_worker(cfg: BuildConfig) -> None:
+def _init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
-    _CTX.clear()
-    _CTX.update(prepare(cfg).contexts)
 
 
 def _run_chunk(job: tuple[str, int, list[tuple[str, str]], str]) -> tuple[str, int, int]:
@@ -76,12 +87,15 @@ def _chunk_jobs(cfg: BuildConfig, work: Path, world: World):
                     yield from _maybe_job(lang, index, buf, work, world)
                     buf, index = [], index + 1
         for path in paths:
-            for doc in iter_documents(path, text_field=cfg.text_field, fmt=cfg.corpus_format):
-                buf.append((f"{lang}/{doc_index}", doc.text))
-                doc_index += 1
-                if len(buf) == cfg.docs_per_chunk:
-                    yield from _maybe_job(lang, index, buf, work, world)
-                    buf, index = [], index + 1
+            try:
+                for doc in iter_documents(path, text_field=cfg.text_field, fmt=cfg.corpus_format):
+                    buf.append((f"{lang}/{doc_index}", doc.text))
+                    doc_index += 1
+                    if len(buf) == cfg.docs_per_chunk:
+                        yield from _maybe_job(lang, index, buf, work, world)
+                        buf, index = [], index + 1
+            except CorpusError as exc:  # a bad line past the first document (prepare checked up to there)
+                raise BuildError(f"corpora.{lang}: {exc}") from exc
         if buf:
             yield from _maybe_job(lang, index, buf, work, world)
 
@@ -94,23 +108,35 @@ def _maybe_job(lang, index, docs, work, world):
 
 
 def _stage_a(cfg: BuildConfig, work: Path, world: World, workers: int, progress: bool) -> None:
+    """Tokenise this rank's chunks. The job generator reads the corpora in this process; a bad line raises
+    BuildError here (with a pool, multiprocessing hands the generator's exception back through `results`).
+    Chunks finished before it stay: they come from the lines before the bad one."""
+    _CTX.clear()
+    _CTX.update(prepare(cfg).contexts)
     jobs = _chunk_jobs(cfg, work, world)
     bar = tqdm(desc=f"[rank {world.rank}] tokenise+switch", unit="doc", disable=not progress, smoothing=0.1)
     t0, tokens = time.perf_counter(), 0
+    pool = None
     if workers <= 1:
-        _init_worker(cfg)
+        _init_worker()
         results = map(_run_chunk, jobs)
     else:
         import multiprocessing as mp
 
-        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
         results = pool.imap(_run_chunk, jobs)
-    for _lang, n_docs, n_tok in results:
-        tokens += n_tok
-        bar.update(n_docs)
-        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9) / 1e3:.0f}k tok/s")
-    bar.close()
-    if workers > 1:
+    try:
+        for _lang, n_docs, n_tok in results:
+            tokens += n_tok
+            bar.update(n_docs)
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9) / 1e3:.0f}k tok/s")
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # workers may be mid-chunk: their temporary folders are never renamed
+        raise
+    finally:
+        bar.close()
+    if pool is not None:
         pool.close()
         pool.join()
 
@@ -244,26 +270,35 @@ def build_shards(cfg: BuildConfig, out_dir: str | Path, *, workers: int = 1, wor
                  overwrite: bool = False, progress: bool = True) -> BuildSummary:
     """Build (or resume building) the shard folder `out_dir` from `cfg`. See the module docstring."""
     t0 = time.perf_counter()
-    world = world or mpi_world()
+    if world is None:
+        try:
+            world = mpi_world()
+        except LauncherError as exc:
+            raise BuildError(str(exc)) from exc
     out_dir = Path(out_dir)
     work = out_dir / ".work"
-    prepare(cfg)  # validates everything (files, tokenizer vs table, mixture) before any work starts
-    fingerprint = cfg.fingerprint()
-    if world.rank == 0:
-        _claim_folder(out_dir, fingerprint, overwrite)
-    world.barrier()
-    _stage_a(cfg, work, world, workers, progress and world.rank == 0)
-    world.barrier()
-    if world.rank == 0:
-        try:
-            info = _plan(cfg, work)
-        except packing.MixtureError as exc:
-            info = {"error": str(exc)}
-    else:
+    # Before any work starts: the settings, every input file up to its first document, tokenizer vs table
+    # (prepare), and upper bounds on the tokens the corpora can give (check_quotas, rank 0). Later: a bad line
+    # further into a corpus (stage A) and the exact mixture and shard counts (the plan) raise BuildError too.
+    prepared = prepare(cfg)
+    _on_rank_0(world, lambda: check_quotas(cfg, prepared))
+    _on_rank_0(world, lambda: _claim_folder(out_dir, cfg, overwrite))
+    try:
+        _stage_a(cfg, work, world, workers, progress and world.rank == 0)
+        world.barrier()
         info = None
-    info = world.bcast(info)
-    if "error" in info:
-        raise BuildError(info["error"])
+        if world.rank == 0:
+            try:
+                info = _plan(cfg, work)
+            except packing.MixtureError as exc:
+                info = {"error": str(exc)}
+        info = world.bcast(info)
+        if "error" in info:
+            raise BuildError(info["error"])
+    except BuildError as exc:
+        if world.rank == 0:  # the folder may be taken over by a corrected config (see _claim_folder)
+            (work / STOPPED).write_text(f"{exc}\n")
+        raise
     _stage_b(out_dir, info["n_shards"], world, workers, progress and world.rank == 0)
     world.barrier()
     manifest = None
@@ -275,23 +310,63 @@ def build_shards(cfg: BuildConfig, out_dir: str | Path, *, workers: int = 1, wor
                         t["switched_words"], time.perf_counter() - t0, manifest["mixture"])
 
 
-def _claim_folder(out_dir: Path, fingerprint: str, overwrite: bool) -> None:
-    """Start a build in `out_dir`, or resume one with the same config; refuse to mix two builds."""
+def _on_rank_0(world: World, fn) -> None:
+    """Run fn on rank 0; a BuildError there is raised on every rank (no rank left waiting in a barrier)."""
+    error = None
+    if world.rank == 0:
+        try:
+            fn()
+        except BuildError as exc:
+            error = str(exc)
+    error = world.bcast(error)
+    if error is not None:
+        raise BuildError(error)
+
+
+def _claim_folder(out_dir: Path, cfg: BuildConfig, overwrite: bool) -> None:
+    """Start a build in `out_dir`, resume the same one, or replace another (rules: the module docstring)."""
     work = out_dir / ".work"
     stamp = work / "config.sha256"
-    if overwrite and out_dir.exists():
-        for p in out_dir.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if stamp.is_file():
-        if stamp.read_text().strip() != fingerprint:
-            raise BuildError(f"{out_dir}: holds a (partial) build with a different config or inputs; "
-                             "choose another folder or pass --overwrite")
+    fingerprint = cfg.fingerprint()
+    is_build = stamp.is_file()
+    if is_build and not overwrite and stamp.read_text().strip() == fingerprint:
+        (work / STOPPED).unlink(missing_ok=True)  # resume
         return
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise BuildError(f"{out_dir}: not empty and not a shard build; choose another folder or --overwrite")
+    if not overwrite and out_dir.exists() and any(out_dir.iterdir()):
+        if not is_build:
+            raise BuildError(f"{out_dir}: not empty and not a shard build; choose another folder or --overwrite")
+        if not (work / STOPPED).is_file():
+            raise BuildError(f"{out_dir}: holds a build with a different config or inputs (finished, killed or "
+                             "still running); choose another folder or pass --overwrite (its tokenised chunks "
+                             "whose inputs and settings are unchanged are kept)")
+    keys = cfg.chunk_keys()
+    keep: set[str] = set()
+    if is_build and (work / "chunk_keys.json").is_file():
+        old = json.loads((work / "chunk_keys.json").read_text())
+        keep = {lang for lang, key in keys.items() if old.get(lang) == key}
+    if out_dir.exists():
+        stamp.unlink(missing_ok=True)  # first: a replacement cut short is not taken for this build
+        _clear_folder(out_dir, keep)
     (work / "chunks").mkdir(parents=True, exist_ok=True)
     (work / "shards").mkdir(parents=True, exist_ok=True)
+    _write_json(work / "chunk_keys.json", keys)
     stamp.write_text(fingerprint + "\n")
+
+
+def _clear_folder(out_dir: Path, keep_langs: set[str]) -> None:
+    """Delete what `out_dir` holds except the finished chunks (.work/chunks/{lang}-NNNNNN) of `keep_langs`."""
+    for p in out_dir.iterdir():
+        if p.name == ".work" and p.is_dir():
+            for q in p.iterdir():
+                if q.name == "chunks" and q.is_dir():
+                    for c in q.iterdir():
+                        m = re.fullmatch(r"(.+)-\d{6,}", c.name)  # temporary folders end in .tmpPID
+                        if not (m and m.group(1) in keep_langs and doc_chunks.chunk_done(c)):
+                            shutil.rmtree(c) if c.is_dir() else c.unlink()
+                else:
+                    shutil.rmtree(q) if q.is_dir() else q.unlink()
+        else:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _write_manifest(cfg: BuildConfig, out_dir: Path, info: dict) -> dict:

@@ -83,13 +83,15 @@ def encode_sample(key: str, s: Sample) -> dict:
 
 
 class SampleFormatError(ValueError):
-    pass
+    """A sample that does not follow this format; the message names the shard, the sample key and the part."""
 
 
 def decode_sample(d: dict, seq_len: int | None = None) -> Sample:
     """The raw dict that ``webdataset.WebDataset`` yields (bytes values) -> Sample.
 
-    Raises SampleFormatError naming the shard (``__url__``) and key when a member is missing or malformed.
+    Raises SampleFormatError naming the shard (``__url__``) and key when a member is missing or malformed,
+    including a meta.json that is not an object with ``langs`` and ``doc_ids`` (lists of strings) and
+    ``switched_words`` (an integer >= 0). Cross-checks between members (segments vs langs) are the callers'.
     """
     where = f"{d.get('__url__', '?')}: sample {d.get('__key__', '?')}"
     missing = [m for m in MEMBERS if m not in d]
@@ -106,4 +108,15 @@ def decode_sample(d: dict, seq_len: int | None = None) -> Sample:
         raise SampleFormatError(f"{where}: member lengths differ ({ids.size}, {tgt.size}, {seg.size})")
     if seq_len is not None and ids.size != seq_len:
         raise SampleFormatError(f"{where}: {ids.size} tokens, expected seq_len={seq_len}")
-    return Sample(ids, tgt, seg, meta["langs"], meta["doc_ids"], int(meta["switched_words"]))
+    if not isinstance(meta, dict):
+        raise SampleFormatError(f"{where}: meta.json must be a JSON object, got {type(meta).__name__}")
+    for key in ("langs", "doc_ids"):
+        value = meta.get(key)
+        if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            got = "missing" if key not in meta else f"got {json.dumps(value)[:60]}"
+            raise SampleFormatError(f"{where}: meta.json field {key!r} must be a list of strings ({got})")
+    sw = meta.get("switched_words")
+    if not (isinstance(sw, int) and not isinstance(sw, bool) and sw >= 0):
+        got = "missing" if "switched_words" not in meta else f"got {json.dumps(sw)[:60]}"
+        raise SampleFormatError(f"{where}: meta.json field 'switched_words' must be an integer >= 0 ({got})")
+    return Sample(ids, tgt, seg, meta["langs"], meta["doc_ids"], sw)

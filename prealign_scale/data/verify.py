@@ -1,4 +1,12 @@
-"""Check a shard folder against its manifest and name every bad shard (and why)."""
+"""Check a shard folder against its manifest and name every bad shard (and why).
+
+Every shard is checked, whatever the earlier ones hold: a shard that cannot be read to its end (truncated
+tar, undecodable member, a meta.json without its fields) is reported with the sample where reading stopped,
+and checking goes on with the next shard. Per sample, the checks are those of the training reader
+(shard_reader._ShardStream._prepare) and more: seq_len, id ranges, segments 0, 1, 2, ... with one ``langs``
+and one ``doc_ids`` entry per segment, languages among the manifest's; per shard: sha256, key order, and the
+record's counts (samples, tokens, loss_tokens, switched_words, lang_tokens).
+"""
 
 from __future__ import annotations
 
@@ -74,17 +82,39 @@ def verify_shards(folder: str | Path) -> VerifyReport:
     except json.JSONDecodeError as exc:
         report.add(MANIFEST_NAME, f"not valid JSON: {exc}")
         return report
-    seq_len, vocab = int(manifest["seq_len"]), int(manifest["vocab_size"])
+    bad = _manifest_problems(manifest)
+    if bad:
+        report.add(MANIFEST_NAME, bad)
+        return report
+    seq_len, vocab, languages = int(manifest["seq_len"]), int(manifest["vocab_size"]), set(manifest["languages"])
     listed = {s["name"] for s in manifest["shards"]}
     for extra in sorted(p.name for p in folder.glob("shard-*.tar") if p.name not in listed):
         report.add(extra, "not listed in the manifest")
     for index, rec in enumerate(manifest["shards"]):
         report.shards_checked += 1
-        _verify_one(folder, index, rec, seq_len, vocab, report)
+        _verify_one(folder, index, rec, seq_len, vocab, languages, report)
     return report
 
 
-def _verify_one(folder: Path, index: int, rec: dict, seq_len: int, vocab: int, report: VerifyReport) -> None:
+_RECORD_FIELDS = ("name", "sha256", "samples", "tokens", "loss_tokens", "switched_words")  # lang_tokens: if there
+
+
+def _manifest_problems(manifest) -> str | None:
+    """What keeps the manifest from being checked against (None: usable)."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for key, kind in (("seq_len", int), ("vocab_size", int), ("languages", list), ("shards", list)):
+        if not isinstance(manifest.get(key), kind):
+            return f"field {key!r} missing or not a {kind.__name__}"
+    for i, rec in enumerate(manifest["shards"]):
+        missing = [k for k in _RECORD_FIELDS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            return f"shards[{i}]: missing field(s) {missing}"
+    return None
+
+
+def _verify_one(folder: Path, index: int, rec: dict, seq_len: int, vocab: int, languages: set[str],
+                report: VerifyReport) -> None:
     name = rec["name"]
     path = folder / name
     if not path.is_file():
@@ -94,6 +124,7 @@ def _verify_one(folder: Path, index: int, rec: dict, seq_len: int, vocab: int, r
     if hashlib.sha256(data).hexdigest() != rec["sha256"]:
         report.add(name, "sha256 differs from the manifest (corrupted or modified)")
     n = tokens = loss_tokens = switched = 0
+    lang_tokens: dict[str, int] = {}
     try:
         for j, raw in enumerate(iter_tar_samples(path)):
             where = f"sample {raw.get('__key__')}"
@@ -112,11 +143,26 @@ def _verify_one(folder: Path, index: int, rec: dict, seq_len: int, vocab: int, r
             steps = np.diff(s.segments.astype(np.int64))
             if s.segments.size and (s.segments[0] != 0 or ((steps != 0) & (steps != 1)).any()):
                 report.add(name, f"{where}: segments must start at 0 and grow by 0 or 1")
-    except (tarfile.TarError, OSError, EOFError, SampleFormatError) as exc:
+                continue
+            n_segments = int(s.segments[-1]) + 1 if s.segments.size else 0
+            if not (len(s.langs) == len(s.doc_ids) == n_segments):
+                report.add(name, f"{where}: {n_segments} segments but meta.json has {len(s.langs)} langs and "
+                                 f"{len(s.doc_ids)} doc_ids (one of each per segment)")
+                continue
+            unknown = sorted(set(s.langs) - languages)
+            if unknown:
+                report.add(name, f"{where}: meta.json langs {unknown} are not in the manifest's languages "
+                                 f"{sorted(languages)}")
+            for lang, count in zip(s.langs, np.bincount(s.segments, minlength=n_segments).tolist()):
+                lang_tokens[lang] = lang_tokens.get(lang, 0) + count
+    except SampleFormatError as exc:
+        report.add(name, f"{exc} (checking of this shard stopped after {n} samples)")
+        return
+    except (tarfile.TarError, OSError, EOFError) as exc:
         report.add(name, f"unreadable after {n} samples: {exc}")
         return
     for what, got in (("samples", n), ("tokens", tokens), ("loss_tokens", loss_tokens),
-                      ("switched_words", switched)):
-        if got != rec[what]:
+                      ("switched_words", switched), ("lang_tokens", dict(sorted(lang_tokens.items())))):
+        if what in rec and got != rec[what]:
             report.add(name, f"{what}: {got} in the shard, {rec[what]} in the manifest")
     report.samples_checked += n
