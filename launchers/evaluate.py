@@ -1,14 +1,15 @@
 """Evaluate a trained model: language modelling, alignment probe, sentence retrieval, knowledge, transfer.
 
     python launchers/evaluate.py RUN_DIR [--hf DIR] [--config eval.yaml] [--shipped-sets]
-        [--lm-shards DIR] [--probe-table DIR] [--probe-pairs TSV:SRC:TGT] [--facts F --templates T]
-        [--out results.json] [--markdown results.md]
+        [--lm-shards DIR] [--probe-table DIR] [--probe-pairs TSV:SRC:TGT] [--probe-composed TEXT]
+        [--facts F --templates T] [--out results.json] [--markdown results.md]
 
 RUN_DIR is a run folder (its hf/ export is evaluated; its config.yaml names the alignment table) or an HF
 model folder. Every section runs when its inputs are given: --config (YAML of EvalConfig keys, see
 prealign_scale/eval/run_eval.py and docs/evaluation.md) and flags (flags win). --shipped-sets adds the sets
 of data/eval (facts, genre transfer task, parallel sentences; English-Clone targets for a Clone model).
-Writes the results JSON (default RUN_DIR/eval/results.json) and a markdown table next to it.
+Writes the results JSON (default RUN_DIR/eval/results.json), a markdown table next to it (results.md) and,
+when the probe or sentence retrieval ran, a per-layer plot (results.probe_layers.png).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe-table", help="alignment table folder (default: the run's data.table_dir)")
     p.add_argument("--probe-pairs", action="append", default=[], metavar="TSV:SRC_LANG:TGT_LANG",
                    help="extra word-pair TSV for the probe")
+    p.add_argument("--probe-composed", metavar="TEXT",
+                   help="held-out source-language text: its words made of several seen tokens form the probe "
+                        "group unseen-composed (English-Clone)")
     p.add_argument("--facts", help="facts JSONL")
     p.add_argument("--templates", help="fact templates JSON")
     p.add_argument("--no-finetune", action="store_true", help="transfer: linear probe only")
@@ -46,14 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from prealign_scale.eval.io import EvalInputError
-    from prealign_scale.eval.report import markdown_report, write_results
+    from prealign_scale.eval.report import markdown_report, plot_probe_layers, write_results
     from prealign_scale.eval.run_eval import EvalConfig, evaluate
 
     try:
         cfg = EvalConfig.load(args.config) if args.config else EvalConfig()
         flags = {"hf_dir": args.hf, "tokenizer_dir": args.tokenizer, "clone_offset": args.clone_offset,
                  "lm_shards": args.lm_shards, "probe_table": args.probe_table, "facts": args.facts,
-                 "templates": args.templates, "device": args.device}
+                 "templates": args.templates, "device": args.device, "probe_composed_text": args.probe_composed}
         for key, value in flags.items():
             if value is not None:
                 setattr(cfg, key, value)
@@ -79,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results(results, out)
     md = Path(args.markdown) if args.markdown else out.with_suffix(".md")
     md.write_text(markdown_report(results, title=f"Evaluation of {args.run_dir}"))
+    png = plot_probe_layers(results, out.with_name(out.stem + ".probe_layers.png"))
     print(md.read_text())
-    print(f"results: {out}  table: {md}")
+    print(f"results: {out}  table: {md}" + (f"  plot: {png}" if png else ""))
     return 0
 
 

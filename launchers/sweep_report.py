@@ -4,8 +4,10 @@
 
 Writes OUT/runs/<run>.json (each run's eval results plus its probe records from metrics.jsonl, small
 enough to commit), OUT/table.md (mean ± half-range over seeds per size and arm, from those JSON files, so
-the table regenerates without re-training: `--from-json`), OUT/probe_phases.md (alignment at init, after
-phase 1, at the end), and PNG plots: LM loss per language and arm, alignment cosine per layer over training.
+the table regenerates without re-training: `--from-json`, rows in the sweep's order, byte for byte),
+OUT/probe_phases.md (the training probe at init, after phase 1, at the end), and PNG plots: LM loss per
+language and arm, alignment cosine per layer over training. The evaluator's probe at init and after phase 1 (with the
+unseen-composed group) is launchers/probe_phase1.py's.
 """
 
 from __future__ import annotations
@@ -50,8 +52,13 @@ def collect(sweep_path: str, out: Path) -> list[dict]:
     return rows
 
 
-def from_json(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+def from_json(sweep_path: str, out: Path) -> list[dict]:
+    """The committed OUT/runs/*.json, in the sweep's expansion order (the order `collect` writes the tables
+    in, so a regenerated table.md / probe_phases.md equals the committed one); files of runs the sweep does
+    not name come last, by name."""
+    order = {spec.name: i for i, spec in enumerate(expand_sweep(load_sweep(sweep_path)))}
+    rows = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    return sorted(rows, key=lambda r: (order.get(r["name"], len(order)), r["name"]))
 
 
 def _best(rec: dict, group: str, stat: str = "acc") -> str:
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", action="store_true", help="rebuild the tables from OUT/runs/*.json only")
     a = p.parse_args(argv)
     out = Path(a.out)
-    rows = from_json(out) if a.from_json else collect(a.sweep, out)
+    rows = from_json(a.sweep, out) if a.from_json else collect(a.sweep, out)
     if not rows:
         print("error: no evaluated run", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ from prealign_scale.eval.model_view import HFModelView, layer_names
 from prealign_scale.eval.probe import (
     ProbePair,
     ProbeSet,
+    composed_pairs,
+    mid_sentence_words,
     probe_metrics,
     probe_set_from_table,
     read_pairs_tsv,
@@ -168,3 +170,92 @@ def test_probe_metrics_are_flat_per_layer_lists():
         "probe_seen_acc": [1.0, 0.5], "probe_seen_cos_true": [0.9, 0.123457], "probe_seen_cos_random": [0.0, None],
         "probe_unseen_de_acc": [0.0, 0.25], "probe_unseen_de_cos_true": [0.5, 0.5],
         "probe_unseen_de_cos_random": [0.1, 0.2]}
+
+
+# ------------------------------------------------------------------------------- unseen-composed group
+
+BPE_MERGES = [("Ġ", "c"), ("a", "t"), ("Ġ", "d"), ("o", "g"), ("Ġd", "og"), ("Ġ", "s"), ("Ġs", "at")]
+
+
+def make_bpe_tokenizer(folder):
+    """A hand-made byte-level BPE (the project's tokenizer kind): the 256 byte symbols plus `BPE_MERGES`, so
+    " cat" -> [Ġc, at], " cats" -> [Ġc, at, s], " dog" -> [Ġdog], " sat" -> [Ġsat], " the" -> [Ġ, t, h, e]."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = ["<unk>", "<eos>", "<pad>", *sorted(pre_tokenizers.ByteLevel.alphabet()), *(a + b for a, b in BPE_MERGES)]
+    tok = Tokenizer(models.BPE({s: i for i, s in enumerate(symbols)}, BPE_MERGES))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def composed_table(tok) -> AlignmentTable:
+    """A Clone table: single-token entries (seen: Ġc at s Ġdog Ġsat Ġ t h e; held out: A) and one
+    multi-token held-out entry "cat" = [Ġc, at] (a word trained or probed as a whole)."""
+    n = len(tok)
+    seen = ["Ġc", "at", "s", "Ġdog", "Ġsat", "Ġ", "t", "h", "e"]
+    entries = []
+    for k, sym in enumerate(seen + ["A"]):
+        t = tok.convert_tokens_to_ids(sym)
+        entries.append(Entry(k, (sym, "§" + sym), ("en", "clone"), ((t,), (t + n,)), ALIGN if sym != "A" else HELDOUT))
+    cat = tuple(tok.convert_tokens_to_ids(["Ġc", "at"]))
+    entries.append(Entry(10, ("cat", "§cat"), ("en", "clone"), (cat, tuple(t + n for t in cat)), HELDOUT))
+    return AlignmentTable(entries, {"kind": "clone", "source_lang": "en", "vocab_offset": n, "vocab_size": 2 * n})
+
+
+COMPOSED_TEXT = ["the cat sat. A cats dog\ncat, dogs sat 12 x the cat", "Dogs, cats and the dogs"]
+
+
+def test_mid_sentence_words_byte_level_and_whitespace_pre_tokenizers(tok, tmp_path):
+    bpe = make_bpe_tokenizer(tmp_path / "bpe")
+    # byte-level: the space is part of the piece; "the" (text start), "cat" (after a newline), "Dogs" (text
+    # start), "and" is new; "12", ".", "," are not letters
+    assert mid_sentence_words(COMPOSED_TEXT, bpe) == ["cat", "sat", "A", "cats", "dog", "dogs", "x", "the", "and"]
+    # word-level (Whitespace pre-tokenizer, the space is dropped): the character before the piece decides
+    assert mid_sentence_words(["the red cat .\nblue dog ,big"], tok[1]) == ["red", "cat", "dog"]
+
+
+def test_composed_pairs_are_multi_token_words_of_seen_tokens_only(tmp_path):
+    bpe = make_bpe_tokenizer(tmp_path / "bpe")
+    n = len(bpe)
+    enc = TextEncoder(bpe, clone_offset=n)
+    pairs = composed_pairs(composed_table(bpe), enc, COMPOSED_TEXT)
+    # cat: a table entry as a whole; sat, dog: one token; A, x: a held-out / unknown token after Ġ;
+    # and: "a", "n", "d" are not in the table
+    assert [p.src_word for p in pairs] == ["cats", "dogs", "the"]
+    ids_of = bpe.convert_tokens_to_ids
+    assert pairs[0] == ProbePair(tuple(ids_of(["Ġc", "at", "s"])), tuple(i + n for i in ids_of(["Ġc", "at", "s"])),
+                                 "cats", "§cats")
+    assert pairs[1].src == tuple(ids_of(["Ġdog", "s"])) and pairs[2].src == tuple(ids_of(["Ġ", "t", "h", "e"]))
+    with pytest.raises(ValueError, match="needs an English-Clone model"):
+        composed_pairs(composed_table(bpe), TextEncoder(bpe, 0), COMPOSED_TEXT)
+
+
+def test_evaluate_adds_the_composed_group_with_known_answers(tmp_path):
+    """Clone rows = English rows: a word and its Clone run through the model identically, so composed words
+    are retrieved perfectly at every layer; the seen / unseen groups are what they are without the text."""
+    from prealign_scale.eval.run_eval import evaluate
+
+    bpe = make_bpe_tokenizer(tmp_path / "bpe")
+    n = len(bpe)
+    composed_table(bpe).save(tmp_path / "table")
+    model = make_model(2 * n, seed=5)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[n:] = model.model.embed_tokens.weight[:n]
+        model.lm_head.weight[n:] = model.lm_head.weight[:n]
+    save(model, tmp_path / "bpe", tmp_path / "hf")
+    text = tmp_path / "heldout.txt"
+    text.write_text("\n".join(COMPOSED_TEXT) + "\n")
+    cfg = {"probe_table": str(tmp_path / "table"), "probe_composed_text": str(text)}
+    groups = evaluate(tmp_path / "hf", cfg)["probe"]["groups"]
+    assert sorted(groups) == ["seen", "unseen", "unseen-composed"]
+    g = groups["unseen-composed"]
+    assert g["pairs"] == 3 and g["candidates"] == 3 and g["acc"] == [1.0] * 4
+    without = evaluate(tmp_path / "hf", {"probe_table": str(tmp_path / "table")})["probe"]["groups"]
+    assert without == {k: v for k, v in groups.items() if k != "unseen-composed"}
+    with pytest.raises(ValueError, match="probe_composed_text needs the alignment table"):
+        evaluate(tmp_path / "hf", {"probe_table": "", "probe_composed_text": str(text)})

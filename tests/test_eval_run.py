@@ -115,10 +115,31 @@ def test_launcher_writes_results_and_table(run_dir, tmp_path, capsys):
     assert sorted(res["probe"]["groups"]) == ["tsv:few"] and "finetune" not in res["transfer"]
     md = out.with_suffix(".md").read_text()
     assert md.startswith(f"# Evaluation of {run_dir}\n") and "| knowledge clone |" in md
+    assert out.with_name("results.probe_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot
     bad = tmp_path / "bad.yaml"
     bad.write_text("probe_tabel: x\n")
     assert launcher.main([str(run_dir), "--config", str(bad)]) == 2
     assert "unknown key 'probe_tabel'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,line,what", [
+    ("batch_size: 8\nprobe_pairs: [{path: a.tsv\nseed: 1\n", 3, "not valid YAML"),  # unclosed flow mapping
+    ("batch_size: 8\n  seed: 1\n", 2, "not valid YAML: mapping values are not allowed here"),
+    ("- 1\n- 2\n", None, "expected a mapping of eval config keys"),
+])
+def test_bad_eval_config_yaml_is_one_message_naming_file_line(run_dir, tmp_path, capsys, text, line, what):
+    spec = importlib.util.spec_from_file_location("evaluate_launcher", REPO / "launchers" / "evaluate.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    where = f"{bad}:{line}: " if line else f"{bad}: "
+    with pytest.raises(ValueError) as info:
+        EvalConfig.load(bad)
+    assert str(info.value).startswith(where + what)
+    assert launcher.main([str(run_dir), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {where}{what}") and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_clone_marks_round_trip():

@@ -1,7 +1,9 @@
 """Alignment probe (METHOD.md §5): do translation-equivalent words get similar representations, per layer?
 
 For a group of word pairs (``seen``: the alignment table's ``align`` part, used by phase 1 and code-
-switching; ``unseen``: its ``heldout`` part; or any TSV of word pairs), and for every one of the
+switching; ``unseen``: its ``heldout`` part; ``unseen-composed``: English-Clone words of a held-out text
+that no entry holds but whose tokens are all seen, see `composed_pairs`; or any TSV of word pairs), and for
+every one of the
 ``n_layers + 2`` probe layers (embedding output, blocks 1 .. n-1, final norm, unembedding rows; the same
 layers as the alignment loss), a word's vector is the mean of that layer's vectors over its tokens (the word
 alone, mid-sentence form, positions from 0, no BOS), and:
@@ -21,20 +23,25 @@ logs `probe_metrics(run_probe(view, probe_set))` into metrics.jsonl.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prealign_scale.alignment.clone import CLONE, clone_word
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
 from prealign_scale.eval.io import EvalInputError, read_tsv
 from prealign_scale.eval.model_view import ModelView, layer_names, pooled_vectors
 from prealign_scale.eval.text import TextEncoder
 
 SPLIT_GROUPS = {ALIGN: "seen", HELDOUT: "unseen"}
+COMPOSED_GROUP = "unseen-composed"  # multi-token words never trained as a whole, made of seen tokens
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,74 @@ def subsample(items: list, max_items: int | None, seed: int) -> list:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
     keep = np.sort(np.random.default_rng(seed).choice(len(items), size=max_items, replace=False))
     return [items[int(i)] for i in keep]
+
+
+def mid_sentence_words(texts: Iterable[str], tokenizer: Any) -> list[str]:
+    """Distinct words of `texts` in mid-sentence form, in first-seen order.
+
+    A word is a piece of the tokenizer's pre-tokenizer (``tokenizer.backend_tokenizer.pre_tokenizer``; a
+    whitespace split when it has none) that follows a space (byte-level BPE keeps the space in the piece:
+    ``" house"``; other pre-tokenizers drop it, then the character before the piece must be a space) and is
+    letters only (``str.isalpha``), returned without the space. Sentence-initial words, words after a
+    newline or a quote, numbers and punctuation are left out.
+    """
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    seen: dict[str, None] = {}
+    for text in texts:
+        if pre is not None:
+            spans = [(start, end) for _, (start, end) in pre.pre_tokenize_str(text)]
+        else:
+            spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        for start, end in spans:
+            piece = text[start:end]
+            if piece.startswith(" "):
+                word = piece[1:]
+            elif start > 0 and text[start - 1] == " ":
+                word = piece
+            else:
+                continue
+            if word.isalpha():
+                seen.setdefault(word, None)
+    return list(seen)
+
+
+def composed_pairs(table: AlignmentTable, encoder: TextEncoder, texts: Iterable[str]) -> list[ProbePair]:
+    """The ``unseen-composed`` group of an English-Clone table: (English word, its Clone) for every word of
+    `texts` (`mid_sentence_words`, first-seen order) that phase 1 never trained as a whole but whose every
+    token it trained:
+
+    - its mid-sentence tokenisation (`TextEncoder.encode_word`) has at least two tokens,
+    - each of them is a single-token source-language word of the table's ``align`` part, and each token of
+      its Clone form a single-token Clone word of that part,
+    - neither form is the token sequence of a table entry (either split).
+
+    In English-Clone every entry is one token, so the ``unseen`` group (held-out single tokens) cannot be
+    aligned by phase 1 at all; this group asks whether the alignment of the seen tokens composes into
+    words that were never dictionary entries.
+    """
+    encoder.check_lang(CLONE)
+    source_lang = table.meta.get("source_lang") or table.entries[0].langs[0]
+    seen_src: set[int] = set()
+    seen_tgt: set[int] = set()
+    whole: set[tuple[int, ...]] = set()
+    for entry in table.entries:
+        whole.update(entry.tokens)
+        if entry.split != ALIGN:
+            continue
+        for lang, toks in zip(entry.langs, entry.tokens):
+            if len(toks) == 1 and lang == source_lang:
+                seen_src.add(toks[0])
+            elif len(toks) == 1 and lang == CLONE:
+                seen_tgt.add(toks[0])
+    pairs = []
+    for word in mid_sentence_words(texts, encoder.tokenizer):
+        src = tuple(encoder.encode_word(word, source_lang))
+        tgt = tuple(encoder.encode_word(word, CLONE))
+        if len(src) < 2 or src in whole or tgt in whole:
+            continue
+        if all(t in seen_src for t in src) and all(t in seen_tgt for t in tgt):
+            pairs.append(ProbePair(src, tgt, word, clone_word(word)))
+    return pairs
 
 
 def read_pairs_tsv(path: str | Path, encoder: TextEncoder, src_lang: str, tgt_lang: str) -> list[ProbePair]:

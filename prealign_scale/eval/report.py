@@ -3,6 +3,7 @@
 - :func:`write_results` / :func:`markdown_report`: one evaluation (`prealign_scale.eval.run_eval.evaluate`).
 - :func:`headline` / :func:`compare_markdown`: the main numbers of several runs (arms x seeds) side by side,
   ``mean ± half-range`` over the seeds of an arm.
+- :func:`plot_probe_layers`: one evaluation's probe (and sentence retrieval) per layer.
 - :func:`plot_loss_curves`: per-language LM loss (``loss_<lang>`` fields of phase ``lm`` records) over steps,
   one line per arm. :func:`plot_probe_over_training`: alignment probe fields (``probe_<group>_<stat>``, per
   layer lists, see `prealign_scale.eval.probe.probe_metrics`) over training, one line per layer.
@@ -226,6 +227,37 @@ def plot_probe_over_training(metrics_path: str | Path, out_png: str | Path,
             ax.set_xlabel("step (align, then lm)")
             if ys:
                 ax.legend(fontsize="x-small", ncol=2)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def plot_probe_layers(results: dict, out_png: str | Path) -> Path | None:
+    """One evaluation's alignment per layer: retrieval acc@1 (each group's chance dotted) and the cosine gap
+    ``cos_true - cos_random``, one line per probe group, plus acc@1 of each sentence-retrieval set. None
+    (nothing written) when the results have neither."""
+    probe = results.get("probe") or {"groups": {}}
+    retrieval = results.get("retrieval") or {}
+    if not probe["groups"] and not retrieval:
+        return None
+    layers = probe.get("layers") or next(iter(retrieval.values()))["layers"]
+    xs = list(range(len(layers)))
+    fig = _figure(1, 2)
+    ax_acc, ax_cos = fig.subplots(1, 2, squeeze=False)[0]
+    lines = [(f"probe {g}", d) for g, d in probe["groups"].items()] + [(f"retrieval {n}", r)
+                                                                       for n, r in retrieval.items()]
+    for k, (name, d) in enumerate(lines):
+        color = _shade(k, len(lines))
+        ax_acc.plot(xs, d["acc"], marker="o", label=name, color=color)
+        ax_acc.axhline(d["chance"], linestyle=":", linewidth=0.8, color=color)
+        if name.startswith("probe "):
+            gap = [math.nan if t is None or r is None else t - r for t, r in zip(d["cos_true"], d["cos_random"])]
+            ax_cos.plot(xs, gap, marker="o", label=name, color=color)
+    for ax, title in ((ax_acc, "retrieval acc@1 (dotted: chance)"), (ax_cos, "cos true - cos random")):
+        ax.set_title(title)
+        ax.set_xticks(xs, layers, rotation=60, fontsize="x-small")
+        ax.legend(fontsize="x-small")
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -6,7 +6,7 @@ tokenizer is the one copied into the folder (or ``tokenizer_dir``). Each section
 configured (:class:`EvalConfig`); the result is one JSON-ready dict:
 
     {"model", "clone_offset", "config", "lm": {"shards": {lang: {loss, ppl, tokens}}, "text": {...}},
-     "probe": {"layers", "groups": {"seen": {...}, "unseen": {...}, "tsv:NAME": {...}}},
+     "probe": {"layers", "groups": {"seen": {...}, "unseen": {...}, "unseen-composed": {...}, "tsv:NAME": {...}}},
      "retrieval": {NAME: {...}}, "knowledge": {lang: {...}}, "transfer": {...}, "seconds": {section: s}}
 
 English-Clone: ``clone_offset`` (V) comes from the config, else from the alignment table's or the shard
@@ -29,6 +29,7 @@ import yaml
 from prealign_scale.alignment.clone import CLONE, EN
 from prealign_scale.alignment.table import AlignmentTable
 from prealign_scale.eval import knowledge, lm_eval, probe, retrieval, transfer
+from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.model_view import HFModelView, load_hf_model
 from prealign_scale.eval.text import TextEncoder
 
@@ -55,6 +56,9 @@ class EvalConfig:
     probe_table: str | None = None  # default: the run's data.table_dir; "" turns the table probe off
     probe_pairs: list[dict] = field(default_factory=list)  # [{"path", "src_lang", "tgt_lang", "name"?}] TSV
     probe_max_pairs: int | None = 2000  # per group
+    # held-out source-language text (.txt / .jsonl "text", .gz): its multi-token words made of seen tokens
+    # form the group "unseen-composed" (English-Clone tables only; probe.composed_pairs)
+    probe_composed_text: str | None = None
     # sentence retrieval
     retrieval: list[dict] = field(default_factory=list)  # [{"path", "src_lang", "tgt_lang", "name"?}] JSONL
     retrieval_max_pairs: int | None = 1000
@@ -88,7 +92,18 @@ class EvalConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> EvalConfig:
-        d = yaml.safe_load(Path(path).read_text()) or {}
+        """Read a YAML file of eval config keys; a missing file, invalid YAML (named ``path:line``) or an
+        unknown key raises ValueError / EvalInputError with one message."""
+        p = Path(path)
+        if not p.is_file():
+            raise EvalInputError(f"{p}: no such eval config file")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise EvalInputError(f"{where}: not valid YAML: {what}") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a mapping of eval config keys")  # noqa: TRY004 (bad file)
         return cls.from_dict(d, str(path))
@@ -146,6 +161,16 @@ def _vocab_offset_of(run_cfg: dict, run_dir: Path) -> int | None:
     return None
 
 
+def _read_texts(path: str) -> list[str]:
+    """The documents of a text file (.txt one per line, .jsonl ``"text"``, optionally .gz)."""
+    from prealign_scale.data.corpus import CorpusError, iter_documents
+
+    try:
+        return [doc.text for doc in iter_documents(path)]
+    except CorpusError as exc:
+        raise EvalInputError(str(exc)) from exc
+
+
 def resolve_model_dir(run_or_hf_dir: str | Path, cfg: EvalConfig) -> tuple[Path, Path]:
     """(run folder, HF folder) for a run folder or an HF export."""
     root = Path(run_or_hf_dir)
@@ -200,17 +225,30 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
 
     t0 = time.perf_counter()
     groups: dict[str, list[probe.ProbePair]] = {}
+    composed: list[probe.ProbePair] = []
     table_dir = cfg.probe_table if cfg.probe_table is not None else \
         _resolve((run_cfg.get("data") or {}).get("table_dir"), run_dir)
     if table_dir:
         table = AlignmentTable.load(table_dir)
         groups.update(probe.probe_set_from_table(table, cfg.probe_max_pairs, cfg.seed).groups)
+        if cfg.probe_composed_text:
+            pairs = probe.composed_pairs(table, enc, _read_texts(cfg.probe_composed_text))
+            if not pairs:
+                raise EvalInputError(f"{cfg.probe_composed_text}: no word of this text is made of several seen "
+                                     f"tokens of {table_dir} (probe_composed_text)")
+            composed = probe.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
+    elif cfg.probe_composed_text:
+        raise ValueError("eval config: probe_composed_text needs the alignment table (probe_table, or the run's "
+                         "data.table_dir)")
     for item in cfg.probe_pairs:
         name = item.get("name") or Path(item["path"]).stem
         pairs = probe.read_pairs_tsv(item["path"], enc, item["src_lang"], item["tgt_lang"])
         groups[f"tsv:{name}"] = probe.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
     if groups:
         results["probe"] = probe.run_probe(view, probe.ProbeSet(groups), max(bs, 64), enc.pad_id)
+        if composed:  # its own forward batches, so the other groups' numbers are those of a run without it
+            extra = probe.run_probe(view, probe.ProbeSet({probe.COMPOSED_GROUP: composed}), max(bs, 64), enc.pad_id)
+            results["probe"]["groups"][probe.COMPOSED_GROUP] = extra["groups"][probe.COMPOSED_GROUP]
         results["probe"]["table"] = str(table_dir) if table_dir else None
         seconds["probe"] = time.perf_counter() - t0
 

@@ -1,0 +1,35 @@
+"""launchers/sweep_report.py --from-json: the committed tables regenerate byte for byte from the committed JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "english_clone"
+SWEEP = ROOT / "configs" / "repro" / "english_clone.sweep.yaml"
+
+
+def load_launcher(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "launchers" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_from_json_reproduces_the_committed_tables_in_sweep_order(tmp_path, capsys):
+    shutil.copytree(RESULTS / "runs", tmp_path / "runs")
+    assert load_launcher("sweep_report").main([str(SWEEP), "--out", str(tmp_path), "--from-json"]) == 0
+    assert (tmp_path / "table.md").read_text() == (RESULTS / "table.md").read_text()
+    assert (tmp_path / "probe_phases.md").read_text() == (RESULTS / "probe_phases.md").read_text()
+    # sweep order (3m before 12m), not file-name order
+    names = [line.split(" | ")[0][2:] for line in (tmp_path / "probe_phases.md").read_text().splitlines()[2:]]
+    assert names[0] == "3m_joint_s1" and names[-1] == "12m_prealign_s1"
+
+
+def test_probe_phase1_markdown_regenerates_from_the_committed_json(tmp_path, capsys):
+    md = tmp_path / "probe_phase1.md"
+    assert load_launcher("probe_phase1").main([str(SWEEP), "--json", str(RESULTS / "probe_phase1.json"),
+                                               "--markdown", str(md), "--from-json"]) == 0
+    assert md.read_text() == (RESULTS / "probe_phase1.md").read_text()
