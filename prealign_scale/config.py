@@ -3,7 +3,8 @@
 The one place where defaults live. A config file has six sections (see configs/tiny.yaml and
 docs/training.md):
 
-    model:  preset, vocab_size (null: from the shard manifest / table), seq_len (null: from the manifest), tp
+    model:  preset, vocab_size (null: from the shard manifest / table), seq_len (null: from the manifest),
+            tp (null: the preset's default_tp), attention, init_hf (an HF folder to start from)
     data:   shard_dir, table_dir, tokenizer_dir, num_workers, skip_corrupt
     align:  phase 1 (alignment initialisation): steps, entries_per_rank, grad_accum, lr, tau, alpha, ...
     lm:     phase 2 (LM pretraining): steps, micro_batch_size, grad_accum, lr, doc_attention, ...
@@ -24,9 +25,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from prealign_scale.model.presets import ModelPreset
 
 ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.kernels.align_loss
 LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
@@ -44,11 +48,15 @@ class ModelConfig:
     preset: str = "tiny"
     vocab_size: int | None = None  # null: the shard manifest's (or the alignment table's) vocab_size
     seq_len: int | None = None  # null: the shard manifest's seq_len (else the preset's default)
-    tp: int = 1  # tensor-parallel size; data-parallel size = world_size / tp
+    tp: int | None = None  # tensor-parallel size (null: the preset's default_tp); data-parallel = world_size / tp
     # auto: Transformer Engine's layers when TE imports (else megatron's local ones), PyTorch SDPA core
     # attention (honours lm.doc_attention's document mask); sdpa: local layers always; te: TE's layers and
     # TE's core attention (causal only, so it needs lm.doc_attention=false)
     attention: str = "auto"
+    # an HF LlamaForCausalLM folder (e.g. <run>/hf of an earlier run) whose weights a fresh run starts from
+    # (continued pretraining); its config.json must match the preset and the vocab size. A checkpoint in
+    # run.out_dir takes precedence (a restart resumes it). null: megatron's random initialisation
+    init_hf: str | None = None
 
 
 @dataclass
@@ -133,6 +141,15 @@ class Config:
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section name -> its dataclass
+
+
+def tp_size(cfg: Config) -> int:
+    """model.tp, or the preset's default_tp while it is null (a Config built in code, not through validate)."""
+    if cfg.model.tp is not None:
+        return cfg.model.tp
+    from prealign_scale.model.presets import get_preset
+
+    return get_preset(cfg.model.preset).default_tp
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,6 +318,30 @@ def _resolve_accum(key_prefix: str, per_rank: int, accum: int | None, global_bat
     return derived
 
 
+def _check_tp_split(preset: ModelPreset, tp: int, origin: str) -> None:
+    """megatron splits the attention heads, the key/value groups and the FFN width over the TP ranks."""
+    import math
+
+    sizes = {"num_attention_heads": preset.num_attention_heads, "num_query_groups": preset.num_query_groups,
+             "ffn_hidden_size": preset.ffn_hidden_size}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v % tp]
+    if bad:
+        common = math.gcd(*sizes.values())
+        ok = ", ".join(str(t) for t in range(1, common + 1) if common % t == 0)
+        raise _fail("model.tp", f"{tp}{origin} cannot split preset {preset.name!r}: {', '.join(bad)} not divisible "
+                    f"by {tp} (tensor parallelism splits the heads, query groups and FFN width); use one of {ok}")
+
+
+def _check_init_hf(folder: str, preset: ModelPreset) -> int:
+    """The vocab size of the HF folder `model.init_hf`, after checking it matches `preset` (ConfigError)."""
+    from prealign_scale.model.hf_convert import check_hf_folder
+
+    try:
+        return check_hf_folder(folder, preset)
+    except (OSError, ValueError) as exc:
+        raise _fail("model.init_hf", str(exc)) from None
+
+
 def validate(cfg: Config, world_size: int = 1) -> Config:
     """Check values, files and batch arithmetic; fill the derived fields. Returns `cfg` (modified)."""
     from prealign_scale.model.presets import PRESETS
@@ -323,6 +364,12 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                         "failed); build the image with --build-arg TE_VERSION=<x.y> or use 'sdpa'")
     if cfg.dist.backend is not None:
         _choice("dist.backend", cfg.dist.backend, ("gloo", "nccl"))
+    # Tensor parallelism: null takes the preset's default_tp (2 for 13b, 8 for 70b, else 1).
+    preset = PRESETS[cfg.model.preset]
+    tp_origin = ""
+    if cfg.model.tp is None:
+        cfg.model.tp = preset.default_tp
+        tp_origin = f" (the default_tp of preset {preset.name!r}; set model.tp to choose another)"
     _positive(cfg, "model.vocab_size", "model.seq_len", "model.tp", "align.entries_per_rank", "align.grad_accum",
               "align.global_entries", "align.lr", "align.tau", "lm.micro_batch_size", "lm.grad_accum",
               "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after",
@@ -335,10 +382,12 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         section, name = key.split(".")
         if not 0.0 <= getattr(getattr(cfg, section), name) <= 1.0:
             raise _fail(key, f"must be between 0 and 1, got {getattr(getattr(cfg, section), name)!r}")
+    _check_tp_split(preset, cfg.model.tp, tp_origin)
     if cfg.lm.lm_loss_impl != "megatron" and cfg.model.tp > 1:
-        raise _fail("lm.lm_loss_impl", f"{cfg.lm.lm_loss_impl!r} needs model.tp=1 (got {cfg.model.tp}); use megatron")
+        raise _fail("lm.lm_loss_impl", f"{cfg.lm.lm_loss_impl!r} needs model.tp=1 (got {cfg.model.tp}{tp_origin}); "
+                    "use megatron")
     if world_size % cfg.model.tp:
-        raise _fail("model.tp", f"{cfg.model.tp} does not divide the world size {world_size}")
+        raise _fail("model.tp", f"{cfg.model.tp}{tp_origin} does not divide the world size {world_size}")
     dp = world_size // cfg.model.tp
     if not cfg.phases():
         raise _fail("run.phase", f"nothing to train: phase {cfg.run.phase!r} with align.steps="
@@ -385,14 +434,28 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                         "set data.tokenizer_dir or run.export_hf=false)")
 
     # Derived sizes.
+    hf_vocab = _check_init_hf(cfg.model.init_hf, preset) if cfg.model.init_hf is not None else None
     if cfg.model.vocab_size is None:
-        if not vocab_sources:
+        if hf_vocab is not None:  # the checkpoint fixes the embedding rows
+            cfg.model.vocab_size = hf_vocab
+        elif not vocab_sources:
             raise _fail("model.vocab_size", "null, and no shard manifest or table meta.json gives a vocab_size")
-        cfg.model.vocab_size = max(vocab_sources.values())
+        else:
+            cfg.model.vocab_size = max(vocab_sources.values())
     for src, v in vocab_sources.items():
         if v > cfg.model.vocab_size:
-            raise _fail("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the vocab_size {v} of {src}")
-    preset = PRESETS[cfg.model.preset]
+            origin = f" (the vocab_size of model.init_hf={cfg.model.init_hf})" if hf_vocab is not None else ""
+            raise _fail("model.vocab_size", f"{cfg.model.vocab_size}{origin} is smaller than the vocab_size {v} "
+                        f"of {src}")
+    if hf_vocab is not None:
+        from prealign_scale.model.builder import pad_vocab_size
+
+        rows = cfg.model.vocab_size if cfg.model.tp == 1 else pad_vocab_size(cfg.model.vocab_size, cfg.model.tp, 1)
+        if rows != hf_vocab:
+            padded = f", padded to a multiple of model.tp={cfg.model.tp}" if rows != cfg.model.vocab_size else ""
+            raise _fail("model.init_hf", f"{cfg.model.init_hf}/config.json: vocab_size={hf_vocab} differs from the "
+                        f"model's {rows} embedding rows (model.vocab_size={cfg.model.vocab_size}{padded}); set "
+                        f"model.vocab_size=null to take the checkpoint's")
     if manifest is not None:
         if cfg.model.seq_len is not None and cfg.model.seq_len != int(manifest["seq_len"]):
             raise _fail("model.seq_len", f"{cfg.model.seq_len} differs from the shards' seq_len "

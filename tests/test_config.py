@@ -149,6 +149,99 @@ def test_transformer_engine_attention_refuses_the_document_mask(tmp_path, data):
             "model.attention: 'te' needs Transformer Engine")
 
 
+def test_tp_defaults_to_the_preset(tmp_path, data):
+    """model.tp: null (the default) takes the preset's default_tp; an explicit value wins."""
+    assert Config().model.tp is None
+    assert load_config(write_cfg(tmp_path, data), world_size=2).model.tp == 1  # tiny: default_tp 1
+    cfg = load_config(write_cfg(tmp_path, data, model={"preset": "13b"}), world_size=8)
+    assert cfg.model.tp == 2 and cfg.lm.grad_accum == 1  # 8 ranks = TP 2 x DP 4 (4 shards, one per DP rank)
+    assert load_config(write_cfg(tmp_path, data, model={"preset": "13b", "tp": 1}), world_size=4).model.tp == 1
+    assert error_of(write_cfg(tmp_path, data, model={"preset": "70b"}), world_size=4) == (
+        "model.tp: 8 (the default_tp of preset '70b'; set model.tp to choose another) does not divide the world "
+        "size 4")
+    save_config(cfg, tmp_path / "out" / "config.yaml")  # the saved config records the resolved value
+    assert parse_config(tmp_path / "out" / "config.yaml").model.tp == 2
+
+
+def test_tp_that_cannot_split_the_preset(tmp_path, data):
+    """Heads, query groups and FFN width must divide by model.tp: refused here, not in the model builder."""
+    assert error_of(write_cfg(tmp_path, data, model={"tp": 4}), world_size=4) == (
+        "model.tp: 4 cannot split preset 'tiny': num_query_groups=2 not divisible by 4 (tensor parallelism "
+        "splits the heads, query groups and FFN width); use one of 1, 2")
+    assert error_of(write_cfg(tmp_path, data, model={"tp": 3}), world_size=3) == (
+        "model.tp: 3 cannot split preset 'tiny': num_attention_heads=4, num_query_groups=2, ffn_hidden_size=176 "
+        "not divisible by 3 (tensor parallelism splits the heads, query groups and FFN width); use one of 1, 2")
+    assert error_of(write_cfg(tmp_path, data, model={"preset": "70b", "tp": 16}), world_size=16).startswith(
+        "model.tp: 16 cannot split preset '70b': num_query_groups=8 not divisible by 16 (tensor parallelism "
+        "splits the heads, query groups and FFN width); use one of 1, 2, 4, 8")
+
+
+@pytest.fixture()
+def hf_dir(tmp_path):
+    """An HF Llama folder of the tiny preset's shape, vocab 800 (config.json; the weights file is never read)."""
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "hf"
+    LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_init_hf_is_checked_against_the_preset_and_the_vocab(tmp_path, data, hf_dir):
+    path = write_cfg(tmp_path, data, model={"init_hf": str(hf_dir)})
+    cfg = load_config(path, world_size=2)
+    assert cfg.model.init_hf == str(hf_dir) and cfg.model.vocab_size == 800
+    nope = tmp_path / "nope"
+    assert error_of(path, [f"model.init_hf={nope}"]) == f"model.init_hf: {nope}: no such folder"
+    assert error_of(path, [f"model.init_hf={data['tok']}"]) == (
+        f"model.init_hf: {data['tok']} has no config.json (not an HF model folder)")
+    assert error_of(path, ["model.preset=synth-3m"]) == (
+        f"model.init_hf: {hf_dir}/config.json: num_hidden_layers=2 but preset 'synth-3m' has num_layers=12 (set "
+        "model.preset to the checkpoint's shape)")
+    assert error_of(path, ["model.vocab_size=1024"]) == (
+        f"model.init_hf: {hf_dir}/config.json: vocab_size=800 differs from the model's 1024 embedding rows "
+        "(model.vocab_size=1024); set model.vocab_size=null to take the checkpoint's")
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**config, "vocab_size": 700}))
+    assert error_of(path) == (f"model.vocab_size: 700 (the vocab_size of model.init_hf={hf_dir}) is smaller than "
+                              "the vocab_size 800 of data.shard_dir (manifest.json)")
+    (hf_dir / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))
+    assert error_of(path).startswith(f"model.init_hf: {hf_dir}/config.json: rms_norm_eps=1e-06 but preset 'tiny' "
+                                     "has norm_eps=1e-05")
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    (hf_dir / "model.safetensors").unlink()
+    assert error_of(path) == (f"model.init_hf: {hf_dir} has neither model.safetensors nor "
+                              "model.safetensors.index.json (only safetensors checkpoints are read)")
+
+
+# the per-scale configs and the cluster size each is meant for (comments in the files)
+SCALE_CONFIGS = {"150m": 8, "400m": 8, "1.3b": 8, "7b": 32, "13b": 64, "70b": 128}
+
+
+@pytest.mark.parametrize("name", list(SCALE_CONFIGS))
+def test_scale_configs_validate_at_their_cluster_size(tmp_path, data, monkeypatch, name):
+    """configs/<scale>.yaml with real data paths given on the command line: valid at its world size, the
+    preset's TP, a GPU ds_config, and the batch arithmetic exact (global batch = micro x accum x DP)."""
+    from prealign_scale.model.presets import PRESETS
+
+    preset, world = PRESETS[name], SCALE_CONFIGS[name]
+    (data["shards"] / "manifest.json").write_text(json.dumps(
+        {"seq_len": preset.default_seq_len, "vocab_size": 50304, "languages": ["de", "en"], "eos_id": 1,
+         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 100} for i in range(128)]}))
+    monkeypatch.chdir(ROOT)  # the config's ds_config path is relative to the repository root
+    overrides = [f"data.shard_dir={data['shards']}", f"data.table_dir={data['table']}",
+                 f"data.tokenizer_dir={data['tok']}", f"run.out_dir={tmp_path / 'run'}"]
+    cfg = load_config(ROOT / f"configs/{name}.yaml", overrides, world_size=world)
+    dp = world // cfg.model.tp
+    assert cfg.model.preset == name and cfg.model.tp == preset.default_tp
+    assert cfg.model.seq_len == preset.default_seq_len and cfg.model.vocab_size == 50304
+    assert cfg.run.ds_config.startswith("ds_configs/gpu_zero3_bf16")
+    assert cfg.lm.micro_batch_size * cfg.lm.grad_accum * dp == cfg.lm.global_batch_size
+    assert cfg.align.entries_per_rank * cfg.align.grad_accum * dp == cfg.align.global_entries == 8192
+
+
 def test_ds_config_batch_keys_refused(tmp_path, data):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": 32}))

@@ -14,6 +14,8 @@ from prealign_scale.model.builder import build_gpt_model
 from prealign_scale.model.hf_convert import (
     INDEX_NAME,
     WEIGHTS_NAME,
+    HFCheckpointReader,
+    check_hf_folder,
     export_hf,
     hf_to_megatron_state_dict,
     import_hf,
@@ -265,3 +267,45 @@ def test_conversion_errors_name_the_problem(model, tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rope_type='linear'"):
         import_hf(tmp_path / "hf")
+
+
+def test_checkpoint_reader_gives_the_imported_tensors(model, tmp_path):
+    """The lazy per-block reader (model.init_hf) yields exactly import_hf's tensors: one file or shards,
+    local or Transformer Engine layout."""
+    export_hf(model.state_dict(), TINY, VOCAB, 128, tmp_path / "one")
+    export_hf(model.state_dict(), TINY, VOCAB, 128, tmp_path / "sharded", max_shard_bytes=100_000)
+    for folder in (tmp_path / "one", tmp_path / "sharded"):
+        for te in (False, True):
+            ref, _, _ = import_hf(folder, te_layout=te)
+            reader = HFCheckpointReader(folder, TINY, te_layout=te)
+            names = [k for k, v in ref.items() if v is not None]
+            assert len(names) == TINY.num_layers * 6 + 3  # 2 norms + 4 linears per block
+            for name in names:
+                assert torch.equal(reader.tensor(name), ref[name]), (folder.name, te, name)
+    with pytest.raises(KeyError, match="no weight for the model parameter 'decoder.layers.0.bogus.weight'"):
+        reader.tensor("decoder.layers.0.bogus.weight")
+
+
+def test_checkpoint_reader_of_a_tied_checkpoint(world1, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    reader = HFCheckpointReader(tmp_path, TINY)
+    assert torch.equal(reader.tensor("output_layer.weight"), reader.tensor("embedding.word_embeddings.weight"))
+    assert check_hf_folder(tmp_path, TINY) == VOCAB
+
+
+def test_check_hf_folder_names_the_mismatch(model, tmp_path):
+    export_hf(model.state_dict(), TINY, VOCAB, 128, tmp_path / "hf")
+    assert check_hf_folder(tmp_path / "hf", TINY) == VOCAB
+    with pytest.raises(ValueError, match=r"config.json: num_key_value_heads=2 but preset 'x' has num_query_groups=4"):
+        check_hf_folder(tmp_path / "hf", dataclasses.replace(TINY, name="x", num_query_groups=4))
+    with pytest.raises(ValueError, match=r"config.json: rope_theta=10000.0 but preset 'x' has rotary_base=500000.0"):
+        check_hf_folder(tmp_path / "hf", dataclasses.replace(TINY, name="x", rotary_base=500000.0))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "mlp_bias": True}))
+    with pytest.raises(ValueError, match="config.json mlp_bias=True; only False is supported"):
+        check_hf_folder(tmp_path / "hf", TINY)

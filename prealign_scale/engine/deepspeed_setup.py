@@ -5,7 +5,8 @@
   ``train_batch_size``), the optimizer's lr and weight decay. The learning rate is set by the training loop
   every step (`schedule.lr_at`), so a DeepSpeed ``scheduler`` section is refused.
 - model: `build_gpt_model` inside ``deepspeed.zero.Init`` over megatron's data-parallel group (the builder
-  does this), plus the parameter-free helper modules the phase needs (unembedding rows, fused LM head).
+  does this), with the weights of an HF folder copied in when asked (``model.init_hf``: `hf_init.py`), plus
+  the parameter-free helper modules the phase needs (unembedding rows, fused LM head).
   Activation recomputation (megatron's, full, per layer) is on in phase 2 when the JSON has an
   ``activation_checkpointing`` section and CUDA is present (it saves and restores CUDA RNG states).
 - optimizer: the JSON's (AdamW; ``"torch_adam": true`` on CPU), over two parameter groups: matrices
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from prealign_scale.config import Config
+from prealign_scale.config import Config, tp_size
 from prealign_scale.engine.hidden_states import attach_unembedding_rows
 from prealign_scale.engine.lm_phase import attach_fused_lm_head
 
@@ -49,8 +50,8 @@ def model_vocab_size(cfg: Config) -> int:
     """The embedding rows: the config's vocab size, padded to a multiple of the TP size when TP > 1."""
     from prealign_scale.model.builder import pad_vocab_size
 
-    v = int(cfg.model.vocab_size)
-    return v if cfg.model.tp == 1 else pad_vocab_size(v, cfg.model.tp, multiple=1)
+    v, tp = int(cfg.model.vocab_size), tp_size(cfg)
+    return v if tp == 1 else pad_vocab_size(v, tp, multiple=1)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -65,8 +66,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def build_engine(cfg: Config, phase: str):
-    """Model + ZeRO-3 engine for `phase`. Needs the process group and megatron's groups (run.py)."""
+def build_engine(cfg: Config, phase: str, init_hf: str | None = None):
+    """Model + ZeRO-3 engine for `phase`, starting from the HF folder `init_hf` when given (else megatron's
+    random initialisation). Needs the process group and megatron's groups (run.py)."""
     import deepspeed
 
     from prealign_scale.model.builder import build_gpt_model, ds_config_dtype
@@ -81,6 +83,10 @@ def build_engine(cfg: Config, phase: str):
     model = build_gpt_model(get_preset(cfg.model.preset), model_vocab_size(cfg), int(cfg.model.seq_len),
                             ds_config=ds, params_dtype=ds_config_dtype(ds), recompute_activations=recompute,
                             attention=cfg.model.attention)
+    if init_hf is not None:  # before deepspeed.initialize, which copies the parameters into the optimizer
+        from prealign_scale.engine.hf_init import load_hf_weights
+
+        load_hf_weights(model, init_hf, get_preset(cfg.model.preset))
     # word vectors use the unembedding rows outside the output layer: phase 1, and the alignment probe
     if phase == "align" or (cfg.run.probe_every > 0 and cfg.data.table_dir):
         attach_unembedding_rows(model)

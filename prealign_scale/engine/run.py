@@ -16,6 +16,8 @@ by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k)
   k reached its steps);
 - a phase after P starts at step 0 from P's final weights with a fresh optimizer (this is also how phase 2
   starts in the same process after phase 1). A checkpoint in the middle of P cannot start a later phase.
+Without a checkpoint, the first phase starts from ``model.init_hf`` (an HF folder) when set, else from
+megatron's random initialisation; any checkpoint of the run folder takes precedence over ``model.init_hf``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from prealign_scale import dist as pdist
-from prealign_scale.config import Config, save_config
+from prealign_scale.config import Config, save_config, tp_size
 from prealign_scale.engine.callbacks import MetricsFile, Preemption, TensorBoard
 from prealign_scale.engine.checkpoint import (
     PHASE_ORDER,
@@ -110,7 +112,7 @@ def start_distributed(cfg: Config, env: pdist.DistEnv | None = None) -> None:
     env = env or pdist.discover()
     if not dist.is_initialized():
         pdist.init_process_group(env, cfg.dist.timeout_minutes, cfg.dist.backend)
-    init_model_parallel(cfg.model.tp, seed=cfg.run.seed)
+    init_model_parallel(tp_size(cfg), seed=cfg.run.seed)
     pdist.set_collective_timeout(cfg.dist.timeout_minutes)
 
 
@@ -136,6 +138,9 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
         if latest is not None:
             metrics.truncate_after(latest.phase, latest.step)
             log0(f"resuming from {ckpt.root / latest.tag} (phase {latest.phase}, step {latest.step})")
+            if cfg.model.init_hf is not None:
+                log0(f"model.init_hf={cfg.model.init_hf} is not loaded: the checkpoint {latest.tag} of this run "
+                     "folder takes precedence")
         else:
             metrics.path.unlink(missing_ok=True)  # lines of an attempt that died before its first checkpoint
     dist.barrier()
@@ -155,7 +160,11 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
             if action == "skip":
                 continue
             seed_everything(cfg.run.seed)
-            engine = build_engine(cfg, name)
+            # only a phase trained from scratch starts from model.init_hf (a checkpoint wins: plan_phase)
+            init_hf = cfg.model.init_hf if action == "fresh" else None
+            if init_hf is not None:
+                log0(f"phase {name}: starting from the weights of model.init_hf={init_hf}")
+            engine = build_engine(cfg, name, init_hf=init_hf)
             pdist.set_collective_timeout(cfg.dist.timeout_minutes)  # and any group DeepSpeed created
             phase = _build_phase(cfg, name, engine)
             state = LoopState()

@@ -20,6 +20,10 @@ permutation of q/k rows is needed (unlike Meta's original interleaved checkpoint
 
 Tensor parallelism: a run with TP > 1 yields one state dict per TP rank; `merge_tp_shards` makes the TP-1
 dict (fc1 is stored per rank as [gate_r; up_r], megatron's stride-2 split) and `split_tp_shards` inverts it.
+
+Starting a run from an HF folder (``model.init_hf``): `check_hf_folder` compares its config.json with a preset
+without reading weights (config validation); `HFCheckpointReader` gives the megatron tensors by parameter
+name, reading and converting one block at a time (engine/hf_init.py copies them into the partitioned model).
 """
 
 from __future__ import annotations
@@ -95,6 +99,45 @@ def megatron_to_hf_state_dict(sd: dict, preset: ModelPreset, vocab_size: int) ->
     return out
 
 
+def _put_linear(out: dict, key: str, weight: torch.Tensor, te_layout: bool) -> None:
+    out[key + ".weight"] = weight
+    if not te_layout:  # megatron's local linears report an (empty) extra state in state_dict()
+        out[key + "._extra_state"] = None
+
+
+def _hf_layer_to_megatron(hf_sd, preset: ModelPreset, i: int, *, te_layout: bool) -> dict:
+    """The megatron entries of block `i` (keys ``decoder.layers.i.*``) from an HF state dict (or a lazy view)."""
+    h, d, nh, ng, ffn = (preset.hidden_size, preset.head_dim, preset.num_attention_heads,
+                         preset.num_query_groups, preset.ffn_hidden_size)
+    r = nh // ng
+    out: dict = {}
+    pre, hf = _LAYER.format(i=i), f"model.layers.{i}."
+    norms = (_get(hf_sd, hf + "input_layernorm.weight"), _get(hf_sd, hf + "post_attention_layernorm.weight"))
+    q = _get(hf_sd, hf + "self_attn.q_proj.weight")
+    k = _get(hf_sd, hf + "self_attn.k_proj.weight")
+    v = _get(hf_sd, hf + "self_attn.v_proj.weight")
+    _check_shape(hf + "self_attn.q_proj.weight", q, (nh * d, h))
+    _check_shape(hf + "self_attn.k_proj.weight", k, (ng * d, h))
+    _check_shape(hf + "self_attn.v_proj.weight", v, (ng * d, h))
+    qkv = torch.cat([q.detach().reshape(ng, r, d, h), k.detach().reshape(ng, 1, d, h),
+                     v.detach().reshape(ng, 1, d, h)], dim=1).reshape(ng * (r + 2) * d, h)
+    gate, up = _get(hf_sd, hf + "mlp.gate_proj.weight"), _get(hf_sd, hf + "mlp.up_proj.weight")
+    _check_shape(hf + "mlp.gate_proj.weight", gate, (ffn, h))
+    _check_shape(hf + "mlp.up_proj.weight", up, (ffn, h))
+    down = _get(hf_sd, hf + "mlp.down_proj.weight")
+    _check_shape(hf + "mlp.down_proj.weight", down, (h, ffn))
+    o = _get(hf_sd, hf + "self_attn.o_proj.weight")
+    _check_shape(hf + "self_attn.o_proj.weight", o, (h, nh * d))
+    # Insertion order follows megatron's own state_dict order (norms, attention, norm, mlp).
+    out[pre + (_TE_NORMS if te_layout else _LOCAL_NORMS)[0]] = norms[0].detach().clone()
+    _put_linear(out, pre + "self_attention.linear_proj", o.detach().clone(), te_layout)
+    _put_linear(out, pre + "self_attention.linear_qkv", qkv, te_layout)
+    out[pre + (_TE_NORMS if te_layout else _LOCAL_NORMS)[1]] = norms[1].detach().clone()
+    _put_linear(out, pre + "mlp.linear_fc1", torch.cat([gate.detach(), up.detach()], dim=0), te_layout)
+    _put_linear(out, pre + "mlp.linear_fc2", down.detach().clone(), te_layout)
+    return out
+
+
 def hf_to_megatron_state_dict(hf_sd: dict, preset: ModelPreset, *, te_layout: bool = False) -> dict:
     """megatron GPTModel state dict (TP-merged) from an HF LlamaForCausalLM state dict.
 
@@ -103,54 +146,17 @@ def hf_to_megatron_state_dict(hf_sd: dict, preset: ModelPreset, *, te_layout: bo
     TE layout: norms fused into the linears' ``layer_norm_weight``, no ``_extra_state`` (load with
     `load_megatron_state_dict`). A tied HF checkpoint (no ``lm_head.weight``) gets a copy of the embedding.
     """
-    h, d, nh, ng, ffn = (preset.hidden_size, preset.head_dim, preset.num_attention_heads,
-                         preset.num_query_groups, preset.ffn_hidden_size)
-    r = nh // ng
+    h = preset.hidden_size
     out: dict = {}
-
-    def put_linear(key: str, weight: torch.Tensor) -> None:
-        out[key + ".weight"] = weight
-        if not te_layout:  # megatron's local linears report an (empty) extra state in state_dict()
-            out[key + "._extra_state"] = None
-
     out["embedding.word_embeddings.weight"] = _get(hf_sd, "model.embed_tokens.weight").detach().clone()
     vocab = out["embedding.word_embeddings.weight"].shape[0]
     _check_shape("model.embed_tokens.weight", out["embedding.word_embeddings.weight"], (vocab, h))
     for i in range(preset.num_layers):
-        pre, hf = _LAYER.format(i=i), f"model.layers.{i}."
-        norms = (_get(hf_sd, hf + "input_layernorm.weight"), _get(hf_sd, hf + "post_attention_layernorm.weight"))
-        q = _get(hf_sd, hf + "self_attn.q_proj.weight")
-        k = _get(hf_sd, hf + "self_attn.k_proj.weight")
-        v = _get(hf_sd, hf + "self_attn.v_proj.weight")
-        _check_shape(hf + "self_attn.q_proj.weight", q, (nh * d, h))
-        _check_shape(hf + "self_attn.k_proj.weight", k, (ng * d, h))
-        _check_shape(hf + "self_attn.v_proj.weight", v, (ng * d, h))
-        qkv = torch.cat([q.detach().reshape(ng, r, d, h), k.detach().reshape(ng, 1, d, h),
-                         v.detach().reshape(ng, 1, d, h)], dim=1).reshape(ng * (r + 2) * d, h)
-        gate, up = _get(hf_sd, hf + "mlp.gate_proj.weight"), _get(hf_sd, hf + "mlp.up_proj.weight")
-        _check_shape(hf + "mlp.gate_proj.weight", gate, (ffn, h))
-        _check_shape(hf + "mlp.up_proj.weight", up, (ffn, h))
-        down = _get(hf_sd, hf + "mlp.down_proj.weight")
-        _check_shape(hf + "mlp.down_proj.weight", down, (h, ffn))
-        o = _get(hf_sd, hf + "self_attn.o_proj.weight")
-        _check_shape(hf + "self_attn.o_proj.weight", o, (h, nh * d))
-        # Insertion order follows megatron's own state_dict order (norms, attention, norm, mlp).
-        if te_layout:
-            out[pre + _TE_NORMS[0]] = norms[0].detach().clone()
-        else:
-            out[pre + _LOCAL_NORMS[0]] = norms[0].detach().clone()
-        put_linear(pre + "self_attention.linear_proj", o.detach().clone())
-        put_linear(pre + "self_attention.linear_qkv", qkv)
-        if te_layout:
-            out[pre + _TE_NORMS[1]] = norms[1].detach().clone()
-        else:
-            out[pre + _LOCAL_NORMS[1]] = norms[1].detach().clone()
-        put_linear(pre + "mlp.linear_fc1", torch.cat([gate.detach(), up.detach()], dim=0))
-        put_linear(pre + "mlp.linear_fc2", down.detach().clone())
+        out.update(_hf_layer_to_megatron(hf_sd, preset, i, te_layout=te_layout))
     out["decoder.final_layernorm.weight"] = _get(hf_sd, "model.norm.weight").detach().clone()
     head = hf_sd.get("lm_head.weight", hf_sd["model.embed_tokens.weight"])
     _check_shape("lm_head.weight", head, (vocab, h))
-    put_linear("output_layer", head.detach().clone())
+    _put_linear(out, "output_layer", head.detach().clone(), te_layout)
     return out
 
 
@@ -327,21 +333,30 @@ def _load_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                             f"checkpoints are read)")
 
 
-def preset_from_hf_config(config) -> ModelPreset:
-    """The ModelPreset of an HF Llama config: a named preset when the shape matches one, else a custom one."""
+# config.json field of each ModelPreset field (for messages)
+HF_CONFIG_FIELDS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+                    "num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
+                    "ffn_hidden_size": "intermediate_size", "rotary_base": "rope_theta", "norm_eps": "rms_norm_eps"}
+
+
+def llama_shape(config) -> dict:
+    """The ModelPreset fields of an HF Llama config (``num_layers``, ``hidden_size``, ...; see HF_CONFIG_FIELDS).
+
+    Raises ValueError for what the megatron model cannot represent (biases, another activation, scaled RoPE).
+    """
     for field, ok in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
         if getattr(config, field, ok) != ok:
-            raise ValueError(f"import_hf: config.json {field}={getattr(config, field)!r}; only {ok!r} is supported")
+            raise ValueError(f"config.json {field}={getattr(config, field)!r}; only {ok!r} is supported")
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"import_hf: config.json rope_parameters.rope_type={rope.get('rope_type')!r}; only "
-                         f"'default' RoPE is supported")
+        raise ValueError(f"config.json rope_parameters.rope_type={rope.get('rope_type')!r}; only 'default' RoPE "
+                         f"is supported")
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     if head_dim * heads != config.hidden_size:
-        raise ValueError(f"import_hf: config.json head_dim={head_dim} x heads={heads} != hidden_size="
-                         f"{config.hidden_size}; not supported")
-    shape = {
+        raise ValueError(f"config.json head_dim={head_dim} x heads={heads} != hidden_size={config.hidden_size}; "
+                         f"not supported")
+    return {
         "num_layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size,
         "num_attention_heads": heads,
@@ -350,10 +365,117 @@ def preset_from_hf_config(config) -> ModelPreset:
         "rotary_base": float(rope.get("rope_theta", 10000.0)),
         "norm_eps": float(config.rms_norm_eps),
     }
+
+
+def preset_from_hf_config(config) -> ModelPreset:
+    """The ModelPreset of an HF Llama config: a named preset when the shape matches one, else a custom one."""
+    try:
+        shape = llama_shape(config)
+    except ValueError as exc:
+        raise ValueError(f"import_hf: {exc}") from None
     for p in PRESETS.values():
         if all(getattr(p, k) == v for k, v in shape.items()):
             return p
     return ModelPreset(name=f"hf-{shape['num_layers']}l-{shape['hidden_size']}h", **shape)
+
+
+def _read_llama_config(folder: Path, where: str):
+    """The transformers config of an HF Llama folder (FileNotFoundError / ValueError prefixed with `where`)."""
+    from transformers import AutoConfig
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{where}{folder}: no such folder")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{where}{folder} has no config.json (not an HF model folder)")
+    config = AutoConfig.from_pretrained(str(folder))
+    if config.model_type != "llama":
+        raise ValueError(f"{where}{folder}/config.json model_type={config.model_type!r}; only 'llama' is read")
+    return config
+
+
+def check_hf_folder(hf_dir: str | Path, preset: ModelPreset) -> int:
+    """Check, without reading any weight, that an HF Llama folder can initialise the model of `preset`.
+
+    The folder needs config.json (model_type llama, the preset's layers, widths, heads, key/value heads, FFN
+    width, RoPE theta and RMSNorm eps) and safetensors weights. Returns config.json's vocab_size. Raises
+    FileNotFoundError or ValueError naming the folder and the config.json field.
+    """
+    folder = Path(hf_dir)
+    config = _read_llama_config(folder, "")
+    shape = llama_shape(config)
+    for attr, hf_field in HF_CONFIG_FIELDS.items():
+        if shape[attr] != getattr(preset, attr):
+            raise ValueError(f"{folder}/config.json: {hf_field}={shape[attr]!r} but preset {preset.name!r} has "
+                             f"{attr}={getattr(preset, attr)!r} (set model.preset to the checkpoint's shape)")
+    if not ((folder / WEIGHTS_NAME).is_file() or (folder / INDEX_NAME).is_file()):
+        raise FileNotFoundError(f"{folder} has neither {WEIGHTS_NAME} nor {INDEX_NAME} (only safetensors "
+                                f"checkpoints are read)")
+    return int(config.vocab_size)
+
+
+class _SafetensorsFolder:
+    """Read-on-demand view of a folder's safetensors weights: a tensor is read when it is asked for."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        if (folder / WEIGHTS_NAME).is_file():
+            files = [folder / WEIGHTS_NAME]
+        elif (folder / INDEX_NAME).is_file():
+            index = json.loads((folder / INDEX_NAME).read_text())
+            files = [folder / name for name in sorted(set(index["weight_map"].values()))]
+        else:
+            raise FileNotFoundError(f"{folder} has neither {WEIGHTS_NAME} nor {INDEX_NAME}")
+        self._where: dict = {}
+        for f in files:
+            handle = safe_open(str(f), framework="pt", device="cpu")
+            for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+                self._where[key] = handle
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._where[key].get_tensor(key)
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+
+class HFCheckpointReader:
+    """The TP-merged megatron tensors of an HF Llama folder by parameter name, converted one block at a time.
+
+    For loading a large checkpoint into a partitioned model parameter by parameter (model.init_hf): only the
+    current block's converted tensors and the HF tensors they come from are in memory. Ask for the names in
+    the model's ``named_parameters()`` order (each block is converted once).
+    """
+
+    def __init__(self, hf_dir: str | Path, preset: ModelPreset, *, te_layout: bool = False):
+        self.folder = Path(hf_dir)
+        self.preset = preset
+        self.te_layout = te_layout
+        self._hf = _SafetensorsFolder(self.folder)
+        self._block: tuple[int, dict] | None = None  # (block index, its converted entries)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The megatron tensor called `name` (e.g. ``decoder.layers.3.mlp.linear_fc1.weight``)."""
+        if name.startswith("decoder.layers."):
+            i = int(name.split(".")[2])
+            if self._block is None or self._block[0] != i:
+                self._block = (i, _hf_layer_to_megatron(self._hf, self.preset, i, te_layout=self.te_layout))
+            value = self._block[1].get(name)
+        elif name == "embedding.word_embeddings.weight":
+            value = _get(self._hf, "model.embed_tokens.weight")
+        elif name == "decoder.final_layernorm.weight":
+            value = _get(self._hf, "model.norm.weight")
+        elif name == "output_layer.weight":  # a tied checkpoint has no lm_head: the embedding is the head
+            value = _get(self._hf, "lm_head.weight" if "lm_head.weight" in self._hf else "model.embed_tokens.weight")
+        else:
+            value = None
+        if value is None:
+            raise KeyError(f"{self.folder}: no weight for the model parameter {name!r} (preset {self.preset.name!r}, "
+                           f"{'TE' if self.te_layout else 'local'} layout)")
+        return value
 
 
 def import_hf(hf_dir: str | Path, *, te_layout: bool = False) -> tuple[dict, ModelPreset, int]:
@@ -362,14 +484,8 @@ def import_hf(hf_dir: str | Path, *, te_layout: bool = False) -> tuple[dict, Mod
     The preset is the one recorded by `export_hf` when present (same name and default TP / sequence length),
     otherwise derived from config.json.
     """
-    from transformers import AutoConfig
-
     folder = Path(hf_dir)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"import_hf: {folder} has no config.json (not an HF model folder)")
-    config = AutoConfig.from_pretrained(str(folder))
-    if config.model_type != "llama":
-        raise ValueError(f"import_hf: {folder}/config.json model_type={config.model_type!r}; only 'llama' is read")
+    config = _read_llama_config(folder, "import_hf: ")
     preset = preset_from_hf_config(config)
     sidecar = folder / SIDECAR_NAME
     if sidecar.is_file():
