@@ -166,6 +166,20 @@ def prepare_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def disable_deepspeed_shm_allreduce() -> None:
+    """Keep DeepSpeed's CPU backend from building and starting its shared-memory all-reduce op.
+
+    On the CPU accelerator DeepSpeed's TorchBackend JIT-compiles ``deepspeed_shm_comm`` (minutes on a fresh
+    machine) and each rank creates a 64 MiB ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
+    that is never unlinked: every CPU run, and every killed one, leaks it (a day of test runs filled a 24 GB
+    machine's RAM). The op serves only ``inference_all_reduce``, which training never calls; all collectives
+    here go through torch.distributed (gloo). Call before ``deepspeed.init_distributed``.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def cuda_device_index(local_rank: int, visible_devices: int) -> int:
     """The GPU a rank drives: its local rank modulo the devices it can see.
 
@@ -187,6 +201,8 @@ def init_process_group(info: DistEnv, timeout_minutes: float = 30.0, backend: st
 
     if backend is None:
         backend = "nccl" if use_cuda() else "gloo"
+    if not use_cuda():
+        disable_deepspeed_shm_allreduce()
     if use_cuda():
         torch.cuda.set_device(cuda_device_index(info.local_rank, torch.cuda.device_count()))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, distributed_port=info.master_port,

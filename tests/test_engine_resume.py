@@ -35,6 +35,9 @@ def launch(config: Path, *overrides: str) -> str:
     return out
 
 
+LEAKED_SHM: set[Path] = set()  # /dev/shm files the runs fixture's launches left behind
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
@@ -42,9 +45,17 @@ def runs(tmp_path_factory):
     # the alignment probe runs too (every 2 steps): it must not disturb a bitwise resume
     a = write_run_config(root / "a.yaml", data, root / "a", run={"probe_every": 2})
     b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2, "probe_every": 2})
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     launch(a)
     logs = [launch(b, "run.stop_after=2"), launch(b, "run.stop_after=4"), launch(b)]
+    LEAKED_SHM.update(set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - shm_before)
     return root / "a", root / "b", logs
+
+
+def test_cpu_runs_leave_no_shared_memory_behind(runs):
+    """DeepSpeed's CPU shm all-reduce op is kept off (prealign_scale.dist.disable_deepspeed_shm_allreduce):
+    four 2-rank runs leave no 64 MiB /dev/shm buffer behind."""
+    assert runs and LEAKED_SHM == set(), sorted(LEAKED_SHM)
 
 
 def test_resumed_run_equals_uninterrupted(runs):

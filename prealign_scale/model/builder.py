@@ -236,6 +236,10 @@ def build_gpt_model(
     # zero.Init reads the world size through deepspeed.comm *before* starting it itself, and falls back to a
     # world of 1 when it is not started yet (then its batch-size check fails). Wrap the existing group first.
     if not deepspeed.comm.is_initialized():
+        if not cuda_available():
+            from prealign_scale.dist import disable_deepspeed_shm_allreduce
+
+            disable_deepspeed_shm_allreduce()
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     with deepspeed.zero.Init(config_dict_or_path=ds_config, data_parallel_group=dp_group(), mpu=MegatronMPU()):
         return construct()
