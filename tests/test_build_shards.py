@@ -1,6 +1,5 @@
 """The shard builder end to end: determinism across workers and ranks, resume, verify, webdataset, bad input."""
 
-import gzip
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kjv_sample import kjv_lines, train_tokenizer_on
 
 from prealign_scale.alignment.clone import build_english_clone
 from prealign_scale.data.build_config import BuildConfig, BuildError
@@ -21,16 +21,14 @@ from prealign_scale.data.tokenizer import train_bpe
 from prealign_scale.data.verify import iter_tar_samples, verify_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-KJV = ROOT / "data/embedded/kjv_train.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("build")
-    with gzip.open(KJV, "rt") as f:
-        lines = [line for _, line in zip(range(240), f)]
+    lines = kjv_lines(240)
     (d / "corpus.jsonl").write_text("".join(lines))
-    train_bpe((json.loads(x)["text"] for x in lines), d / "tok", vocab_size=600)
+    train_tokenizer_on(lines, d / "tok", 600)
     build_english_clone(d / "corpus.jsonl", d / "tok", d / "clone", clone_fraction=0.1, top_n=300, seed=0)
     return d
 

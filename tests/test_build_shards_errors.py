@@ -2,20 +2,18 @@
 rerun takes over (keeping the work that is still valid)."""
 
 import gzip
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kjv_sample import kjv_lines, train_tokenizer_on
 
 from prealign_scale.data.build_config import BuildConfig, BuildError
 from prealign_scale.data.build_shards import build_shards
-from prealign_scale.data.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
-KJV = ROOT / "data/embedded/kjv_train.jsonl.gz"
 BAD_LINE = 41
 
 
@@ -23,9 +21,8 @@ BAD_LINE = 41
 def kjv(tmp_path_factory):
     """A tokenizer and three corpora: en (60 chapters, JSONL), de (20 chapters, JSONL), en.jsonl.gz (gzip)."""
     d = tmp_path_factory.mktemp("errors")
-    with gzip.open(KJV, "rt") as f:
-        lines = [line for _, line in zip(range(100), f)]
-    train_bpe((json.loads(x)["text"] for x in lines), d / "tok", vocab_size=400)
+    lines = kjv_lines(100)
+    train_tokenizer_on(lines, d / "tok", 400)
     (d / "en.jsonl").write_text("".join(lines[:60]))
     (d / "de.jsonl").write_text("".join(lines[60:80]))
     with gzip.open(d / "en.jsonl.gz", "wt") as f:

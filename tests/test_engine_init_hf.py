@@ -18,20 +18,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
-from engine_common import ROOT, cpu_env, deepspeed_cmd, read_metrics, write_run_config
+from engine_common import ROOT, cpu_env, launch, read_metrics, write_run_config
 from tiny_data import build_tiny_data
 
 from prealign_scale.dist import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def launch(config: Path, *args: str) -> str:
-    proc = subprocess.run(deepspeed_cmd(free_port(), config, *args), check=False, cwd=ROOT, env=cpu_env(),
-                          capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-8000:]
-    return out
 
 
 def probes(run_dir: Path) -> dict[tuple[str, int], dict]:

@@ -19,20 +19,10 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
-from engine_common import ROOT, cpu_env, deepspeed_cmd, read_metrics, write_run_config
+from engine_common import ROOT, cpu_env, launch, read_metrics, write_run_config
 from tiny_data import build_tiny_data
 
-from prealign_scale.dist import free_port
-
 pytestmark = pytest.mark.slow
-
-
-def launch(config: Path, *overrides: str) -> str:
-    proc = subprocess.run(deepspeed_cmd(free_port(), config, *overrides), check=False, cwd=ROOT, env=cpu_env(),
-                          capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-8000:]
-    return out
 
 
 LEAKED_SHM: set[Path] = set()  # /dev/shm files the runs fixture's launches left behind

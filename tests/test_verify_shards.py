@@ -1,6 +1,5 @@
 """The shard verifier on damaged folders: every bad shard named with its reason, every other shard checked."""
 
-import gzip
 import io
 import json
 import subprocess
@@ -9,24 +8,22 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from kjv_sample import kjv_lines, train_tokenizer_on
 
 from prealign_scale.data.build_config import BuildConfig
 from prealign_scale.data.build_shards import build_shards
 from prealign_scale.data.shard_format import SampleFormatError, decode_sample
-from prealign_scale.data.tokenizer import train_bpe
 from prealign_scale.data.verify import iter_tar_samples, verify_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-KJV = ROOT / "data/embedded/kjv_train.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """4 shards of 2 languages (en, de: KJV chapters), seq_len 64."""
     d = tmp_path_factory.mktemp("verify")
-    with gzip.open(KJV, "rt") as f:
-        lines = [line for _, line in zip(range(40), f)]
-    train_bpe((json.loads(x)["text"] for x in lines), d / "tok", vocab_size=400)
+    lines = kjv_lines(40)
+    train_tokenizer_on(lines, d / "tok", 400)
     (d / "en.jsonl").write_text("".join(lines[:20]))
     (d / "de.jsonl").write_text("".join(lines[20:40]))
     cfg = BuildConfig(corpora={"en": [str(d / "en.jsonl")], "de": [str(d / "de.jsonl")]}, tokenizer=str(d / "tok"),
