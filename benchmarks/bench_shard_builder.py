@@ -36,8 +36,8 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 from prealign_scale.alignment.clone import build_english_clone
 from prealign_scale.data.build_config import BuildConfig
 from prealign_scale.data.build_shards import build_shards
-from prealign_scale.data.corpus import iter_documents
-from prealign_scale.data.tokenizer import load_tokenizer, train_bpe
+from prealign_scale.text.corpus import iter_documents
+from prealign_scale.text.tokenizer import load_tokenizer, train_bpe
 
 KJV = ROOT / "data/embedded/kjv_train.jsonl.gz"
 

@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # run as `python data_tools/build_table.py` witho
 from prealign_scale.alignment.build_table import build_alignment_table
 from prealign_scale.alignment.coverage import coverage_report
 from prealign_scale.alignment.dictionaries import FORMATS, DictionaryError, read_dictionaries
-from prealign_scale.data.corpus import iter_corpus_texts
-from prealign_scale.data.tokenizer import load_tokenizer, tokenizer_sha256
+from prealign_scale.text.corpus import iter_corpus_texts
+from prealign_scale.text.tokenizer import load_tokenizer, tokenizer_sha256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

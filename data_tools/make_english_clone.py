@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prealign_scale.alignment.clone import build_english_clone
-from prealign_scale.data.corpus import FORMATS, CorpusError
+from prealign_scale.text.corpus import FORMATS, CorpusError
 
 DEFAULT_CORPUS = ROOT / "data" / "embedded" / "kjv_train.jsonl.gz"
 

@@ -6,7 +6,7 @@ Usage (from the repository root):
         --out runs/tok
 
 The output folder loads with ``transformers.PreTrainedTokenizerFast.from_pretrained(DIR)``. Corpora are read
-with prealign_scale.data.corpus (plain text or JSONL, optionally .gz / .zst); prints the vocabulary size, the
+with prealign_scale.text.corpus (plain text or JSONL, optionally .gz / .zst); prints the vocabulary size, the
 special token ids and the sha256 of tokenizer.json.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.data.corpus import FORMATS, CorpusError, check_corpus, iter_corpus_texts
-from prealign_scale.data.tokenizer import DEFAULT_SPECIALS, tokenizer_sha256, train_bpe
+from prealign_scale.text.corpus import FORMATS, CorpusError, check_corpus, iter_corpus_texts
+from prealign_scale.text.tokenizer import DEFAULT_SPECIALS, tokenizer_sha256, train_bpe
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

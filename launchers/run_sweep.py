@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.sweep import SweepError
-from prealign_scale.sweep_local import LocalSweepOptions, run_local_sweep
+from prealign_scale.launch.sweep import SweepError
+from prealign_scale.launch.sweep_local import LocalSweepOptions, run_local_sweep
 
 
 def main(argv=None) -> int:
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         argv, eval_args = argv[:cut], argv[cut + 1:]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("sweep", help="sweep YAML (prealign_scale/sweep.py)")
+    p.add_argument("sweep", help="sweep YAML (prealign_scale/launch/sweep.py)")
     p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2; 1 = a plain process)")
     p.add_argument("--parallel", type=int, default=1, help="runs at the same time (default 1)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs of the sweep")

@@ -3,7 +3,7 @@
     python launchers/submit_sweep.py configs/sweeps/X.yaml [--max-parallel 4] [--all] [--dry-run] \
         [-- sbatch options, e.g. --nodes=1 --ntasks-per-node=8 --gpus-per-node=8 --time=12:00:00]
 
-Expands the sweep (prealign_scale/sweep.py), checks every run's config and overrides, freezes the run list to
+Expands the sweep (prealign_scale/launch/sweep.py), checks every run's config and overrides, freezes the run list to
 ``<out_root>/sweep-<hash>.json`` and submits ``sbatch --array=<ids> ... train.sbatch`` with PREALIGN_SWEEP
 pointing at that list: array task i trains run i in ``<out_root>/<run name>``. Finished runs (their DONE
 marker exists) are left out of the array unless --all (a task of a finished run exits at once anyway).
@@ -40,14 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ours, sbatch_extra = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("sweep", help="sweep YAML (prealign_scale/sweep.py describes the format)")
+    parser.add_argument("sweep", help="sweep YAML (prealign_scale/launch/sweep.py describes the format)")
     parser.add_argument("--max-parallel", type=int, help="at most this many array tasks run at once (%%N)")
     parser.add_argument("--all", action="store_true", help="submit finished runs too (their tasks skip at once)")
     parser.add_argument("--dry-run", action="store_true", help="write the task list, print the sbatch command")
     parser.add_argument("--script", default=str(ROOT / "launchers/slurm/train.sbatch"), help="the batch script")
     args = parser.parse_args(ours)
 
-    from prealign_scale import sweep as sw
+    from prealign_scale.engine.run_folder import run_is_finished
+    from prealign_scale.launch import sweep as sw
 
     try:
         if args.max_parallel is not None and args.max_parallel < 1:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except sw.SweepError as exc:
         print(f"submit_sweep: {exc}", file=sys.stderr)
         return 2
-    ids = [i for i, r in enumerate(runs) if args.all or not sw.run_is_finished(r.out_dir)]
+    ids = [i for i, r in enumerate(runs) if args.all or not run_is_finished(r.out_dir)]
     print(f"submit_sweep: {len(runs)} runs, {len(runs) - len(ids)} left out as finished", file=sys.stderr)
     if not ids:
         print("submit_sweep: every run is finished; nothing to submit", file=sys.stderr)

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prealign_scale.eval.report import compare_markdown, plot_loss_curves, plot_probe_over_training
-from prealign_scale.sweep import expand_sweep, load_sweep
-from prealign_scale.sweep_local import run_dir_of
+from prealign_scale.launch.sweep import expand_sweep, load_sweep
+from prealign_scale.launch.sweep_local import run_dir_of
 
 TABLE_KEYS = ["ppl clone", "ppl en", "align acc seen (best layer)", "align acc unseen (best layer)",
               "cos seen true-random (final_norm)", "cos unseen true-random (final_norm)", "knowledge clone",

@@ -11,7 +11,7 @@
     RUN_DONE=runs/sweeps/x/tiny_prealign_s1/DONE  RUN_FINISHED=0|1  RUN_ARGS=(--config ... run.out_dir=...)
 
 RUN_ARGS are the arguments of launchers/pretrain.py. Exit status 2 (one message on stderr) for a bad sweep,
-config or task id. The logic lives in prealign_scale/sweep.py.
+config or task id. The logic lives in prealign_scale/launch/sweep.py (the DONE marker: prealign_scale/engine/run_folder.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def shell_assignments(index: int, spec) -> str:
-    from prealign_scale.sweep import done_path, run_is_finished
+    from prealign_scale.engine.run_folder import done_path, run_is_finished
 
     finished = "1" if run_is_finished(spec.out_dir) else "0"
     values = {"RUN_INDEX": str(index), "RUN_NAME": spec.name, "RUN_DIR": spec.out_dir,
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
 
-    from prealign_scale import sweep as sw
+    from prealign_scale.engine.run_folder import run_is_finished
+    from prealign_scale.launch import sweep as sw
 
     try:
         if args.config is not None:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = sw.load_runs(args.sweep)
             if args.list:
                 for i, r in enumerate(runs):
-                    print(f"{i}\t{'finished' if sw.run_is_finished(r.out_dir) else 'todo'}\t{r.name}")
+                    print(f"{i}\t{'finished' if run_is_finished(r.out_dir) else 'todo'}\t{r.name}")
                 return 0
             index = args.task_id if args.task_id is not None else sw.task_id_from_env()
             spec = sw.task_run(runs, index, args.sweep)

@@ -6,7 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
-from prealign_scale.data.tokenizer import train_bpe
+from prealign_scale.text.tokenizer import train_bpe
 
 KJV = Path(__file__).resolve().parents[1] / "data/embedded/kjv_train.jsonl.gz"
 

@@ -17,8 +17,8 @@ from prealign_scale.alignment.clone import build_english_clone
 from prealign_scale.data.build_config import BuildConfig, BuildError
 from prealign_scale.data.build_shards import build_shards
 from prealign_scale.data.shard_format import IGNORE_INDEX, decode_sample
-from prealign_scale.data.tokenizer import train_bpe
 from prealign_scale.data.verify import iter_tar_samples, verify_shards
+from prealign_scale.text.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,7 @@ def test_cli_reports_errors_with_exit_2(data, tmp_path):
 def test_dictionary_mode_switches_words(data, tmp_path):
     """A plain (non-Clone) dictionary table: words of the source language switch, targets stay original."""
     from prealign_scale.alignment.table import AlignmentTable, Entry
-    from prealign_scale.data.tokenizer import load_tokenizer, mid_sentence_ids, tokenizer_sha256
+    from prealign_scale.text.tokenizer import load_tokenizer, mid_sentence_ids, tokenizer_sha256
 
     tok = load_tokenizer(data / "tok")
     pairs = [("the", "der"), ("and", "und"), ("of", "von")]

@@ -15,7 +15,7 @@ from prealign_scale.alignment.build_table import build_alignment_table, clean_en
 from prealign_scale.alignment.coverage import coverage_report, normalize_word
 from prealign_scale.alignment.dictionaries import RawEntry
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, split_of
-from prealign_scale.data.tokenizer import mid_sentence_ids, tokenizer_sha256, train_bpe
+from prealign_scale.text.tokenizer import mid_sentence_ids, tokenizer_sha256, train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "embedded" / "kjv_train.jsonl.gz"
@@ -34,7 +34,7 @@ def tok_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tok_dir):
-    from prealign_scale.data.tokenizer import load_tokenizer
+    from prealign_scale.text.tokenizer import load_tokenizer
 
     return load_tokenizer(tok_dir)
 

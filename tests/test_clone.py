@@ -22,8 +22,8 @@ from prealign_scale.alignment.clone import (
     token_frequencies,
 )
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry, split_of
-from prealign_scale.data.corpus import Document, iter_documents
-from prealign_scale.data.tokenizer import tokenizer_sha256, train_bpe
+from prealign_scale.text.corpus import Document, iter_documents
+from prealign_scale.text.tokenizer import tokenizer_sha256, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 KJV = ROOT / "data" / "embedded" / "kjv_train.jsonl.gz"
@@ -48,7 +48,7 @@ def tok_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base(tok_dir):
-    from prealign_scale.data.tokenizer import load_tokenizer
+    from prealign_scale.text.tokenizer import load_tokenizer
 
     return load_tokenizer(tok_dir)
 
@@ -335,7 +335,7 @@ def test_make_english_clone_tool(tok_dir, tmp_path):
 
 
 def _load(tok_dir):
-    from prealign_scale.data.tokenizer import load_tokenizer
+    from prealign_scale.text.tokenizer import load_tokenizer
 
     return load_tokenizer(tok_dir)
 

@@ -14,8 +14,8 @@ from prealign_scale.alignment.codeswitch import (
 )
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
 from prealign_scale.data.shard_format import IGNORE_INDEX
-from prealign_scale.data.tokenizer import mid_sentence_ids, train_bpe
 from prealign_scale.data.word_encoder import RustWordEncoder
+from prealign_scale.text.tokenizer import mid_sentence_ids, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 IGN = IGNORE_INDEX

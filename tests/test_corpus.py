@@ -1,4 +1,4 @@
-"""prealign_scale.data.corpus: every format gives exact documents; every bad input names path:line."""
+"""prealign_scale.text.corpus: every format gives exact documents; every bad input names path:line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from prealign_scale.data.corpus import (
+from prealign_scale.text.corpus import (
     CorpusError,
     Document,
     check_corpus,

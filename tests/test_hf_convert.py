@@ -145,7 +145,7 @@ def test_sharded_export_round_trip(model, tmp_path):
 def test_tokenizer_files_are_copied(model, tmp_path):
     from transformers import AutoTokenizer
 
-    from prealign_scale.data.tokenizer import train_bpe
+    from prealign_scale.text.tokenizer import train_bpe
 
     texts = ["In the beginning God created the heaven and the earth."] * 20
     train_bpe(texts, tmp_path / "tok", vocab_size=300, min_frequency=1)

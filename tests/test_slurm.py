@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from prealign_scale.sweep import mark_finished
+from prealign_scale.engine.run_folder import mark_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

@@ -1,5 +1,6 @@
-"""Sweep expansion, task resolution and the completion marker (prealign_scale/sweep.py, launchers/sweep_task.py,
-launchers/submit_sweep.py --dry-run). Pure and fast: no SLURM needed (tests/test_slurm.py runs them for real)."""
+"""Sweep expansion, task resolution and the completion marker (prealign_scale/launch/sweep.py,
+prealign_scale/engine/run_folder.py, launchers/sweep_task.py, launchers/submit_sweep.py --dry-run). Pure and fast: no SLURM needed (tests/test_slurm.py runs them for
+real)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from prealign_scale import sweep as sw
+from prealign_scale.engine import run_folder
+from prealign_scale.launch import sweep as sw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,10 +98,10 @@ def test_bad_override_value_is_caught_at_check_time(tmp_path):
 
 
 def test_finished_marker_and_task_ids(tmp_path):
-    assert not sw.run_is_finished(tmp_path / "r")
-    marker = sw.mark_finished(tmp_path / "r", {"step": 3})
+    assert not run_folder.run_is_finished(tmp_path / "r")
+    marker = run_folder.mark_finished(tmp_path / "r", {"step": 3})
     assert marker == tmp_path / "r" / "DONE" and json.loads(marker.read_text()) == {"step": 3}
-    assert sw.run_is_finished(tmp_path / "r")
+    assert run_folder.run_is_finished(tmp_path / "r")
     assert sw.task_id_from_env({"SLURM_ARRAY_TASK_ID": "4"}) == 4
     with pytest.raises(sw.SweepError, match="SLURM_ARRAY_TASK_ID is not set"):
         sw.task_id_from_env({})
@@ -126,7 +128,7 @@ def run_tool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 def test_sweep_task_shell_output_evaluates_in_bash(tmp_path):
     path = write_sweep(tmp_path)
-    sw.mark_finished(tmp_path / "runs" / "tiny_joint_s2")
+    run_folder.mark_finished(tmp_path / "runs" / "tiny_joint_s2")
     proc = run_tool("launchers/sweep_task.py", "--sweep", str(path), "--task-id", "1", "--shell")
     assert proc.returncode == 0, proc.stderr
     show = 'printf "%s\\n" "$RUN_NAME" "$RUN_FINISHED" "${RUN_ARGS[@]}"'
@@ -155,7 +157,7 @@ def test_sweep_task_single_run_and_errors(tmp_path):
 def test_submit_dry_run_leaves_finished_runs_out(tmp_path):
     path = write_sweep(tmp_path)
     for name in ("tiny_joint_s1", "tiny_joint_s2", "small_joint_s1"):
-        sw.mark_finished(tmp_path / "runs" / name)
+        run_folder.mark_finished(tmp_path / "runs" / name)
     proc = run_tool("launchers/submit_sweep.py", str(path), "--dry-run", "--max-parallel", "2", "--",
                     "--partition=gpu")
     assert proc.returncode == 0, proc.stderr
@@ -165,7 +167,7 @@ def test_submit_dry_run_leaves_finished_runs_out(tmp_path):
         f"--output={tmp_path}/runs/logs/%a-%A.out", f"--export=ALL,PREALIGN_SWEEP={tasks}", "--time=00:10:00",
         "--partition=gpu", str(ROOT / "launchers/slurm/train.sbatch")]
     for name in ("tiny_prealign_s1", "tiny_prealign_s2", "small_prealign_s1"):
-        sw.mark_finished(tmp_path / "runs" / name)
+        run_folder.mark_finished(tmp_path / "runs" / name)
     done = run_tool("launchers/submit_sweep.py", str(path), "--dry-run")
     assert done.returncode == 0 and done.stdout == "" and "every run is finished" in done.stderr
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import prealign_scale.sweep_local as sl
-from prealign_scale.sweep import mark_finished
+import prealign_scale.launch.sweep_local as sl
+from prealign_scale.engine.run_folder import mark_finished
 
 FAKE = """
 import json, sys
@@ -18,7 +18,7 @@ with open(log, "a") as f:
 if (out.parent / "FAIL").read_text().strip() == out.name:
     sys.exit(3)
 if what == "train":
-    from prealign_scale.sweep import mark_finished
+    from prealign_scale.engine.run_folder import mark_finished
     out.mkdir(parents=True, exist_ok=True)
     mark_finished(out)
 else:

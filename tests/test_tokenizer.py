@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prealign_scale.data.tokenizer import tokenizer_sha256, train_bpe
+from prealign_scale.text.tokenizer import tokenizer_sha256, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 KJV = ROOT / "data" / "embedded" / "kjv_train.jsonl.gz"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prealign_scale.data.tokenizer import train_bpe
 from prealign_scale.data.word_encoder import CachedByteLevelEncoder, RustWordEncoder, word_encoder
+from prealign_scale.text.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 

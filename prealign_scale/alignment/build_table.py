@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from prealign_scale.alignment.dictionaries import RawEntry
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry, split_of
-from prealign_scale.data.tokenizer import mid_sentence_ids
+from prealign_scale.text.tokenizer import mid_sentence_ids
 
 KEY_SEPARATOR = "\t"
 

@@ -301,9 +301,9 @@ def build_english_clone(
     """Write ``out_dir/en.jsonl.gz``, ``out_dir/clone.jsonl.gz`` (disjoint documents, ``{"text", ...original
     fields}``, gzip with mtime=0) and the Clone table in ``out_dir/table/``. Frequencies for `top_n` are
     counted on the English part. Returns a summary dict (docs/chars per part, table sizes, paths)."""
-    from prealign_scale.data.corpus import CorpusError, check_corpus, iter_documents, write_jsonl
-    from prealign_scale.data.tokenizer import load_tokenizer
-    from prealign_scale.data.tokenizer import tokenizer_sha256 as _tok_sha
+    from prealign_scale.text.corpus import CorpusError, check_corpus, iter_documents, write_jsonl
+    from prealign_scale.text.tokenizer import load_tokenizer
+    from prealign_scale.text.tokenizer import tokenizer_sha256 as _tok_sha
 
     check_corpus(corpus, text_field=text_field, fmt=fmt)
     base = load_tokenizer(tokenizer_dir)

@@ -27,7 +27,10 @@ from typing import Protocol
 import numpy as np
 
 from prealign_scale.alignment.table import ALIGN, AlignmentTable
-from prealign_scale.data.shard_format import IGNORE_INDEX
+
+# The label (and stored target) of a position that takes no loss. Its one home: the code-switcher is the first
+# to produce it; the shard format (data/shard_format.py) imports it, and its readers take it from there.
+IGNORE_INDEX = -100
 
 
 class Switcher(Protocol):

@@ -7,7 +7,7 @@ surrounding punctuation stripped, against the lower-cased source-language words 
 piece's tokens are what the BPE model makes of that piece, so the token counts add up to the corpus's
 token count (without special tokens).
 
-Corpus samples are read with :func:`prealign_scale.data.corpus.iter_corpus_texts` (the one corpus reader).
+Corpus samples are read with :func:`prealign_scale.text.corpus.iter_corpus_texts` (the one corpus reader).
 """
 
 from __future__ import annotations

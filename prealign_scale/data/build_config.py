@@ -163,10 +163,10 @@ def prepare(cfg: BuildConfig) -> Prepared:
 def _prepare(cfg: BuildConfig) -> Prepared:
     from prealign_scale.alignment.codeswitch import make_switcher
     from prealign_scale.alignment.table import AlignmentTable
-    from prealign_scale.data.corpus import CorpusError, check_corpus
     from prealign_scale.data.doc_chunks import ChunkContext
-    from prealign_scale.data.tokenizer import load_tokenizer, tokenizer_sha256
     from prealign_scale.data.word_encoder import word_encoder
+    from prealign_scale.text.corpus import CorpusError, check_corpus
+    from prealign_scale.text.tokenizer import load_tokenizer, tokenizer_sha256
 
     _check_numbers(cfg)
     if not cfg.corpora:
@@ -300,7 +300,7 @@ def check_quotas(cfg: BuildConfig, prepared: Prepared) -> None:
     (corpus.decompressed_size), which stops as soon as the count proves the bound: a mixture that can be
     met costs reading at most its quota's bytes. The exact check, on the real token counts, is the plan's.
     """
-    from prealign_scale.data.corpus import CorpusError, decompressed_size
+    from prealign_scale.text.corpus import CorpusError, decompressed_size
 
     mix = cfg.normalized_mixture()
     need = {lang: mix[lang] * cfg.total_tokens if mix and cfg.total_tokens else 0.0 for lang in cfg.corpora}

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 from prealign_scale.data import doc_chunks, packing
 from prealign_scale.data.build_config import BuildConfig, BuildError, check_quotas, prepare
-from prealign_scale.data.corpus import CorpusError
 from prealign_scale.data.shard_format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -45,6 +44,7 @@ from prealign_scale.data.shard_format import (
     shard_name,
 )
 from prealign_scale.dist_mpi import LauncherError, World, mpi_world
+from prealign_scale.text.corpus import CorpusError
 
 __all__ = ["BuildConfig", "BuildError", "build_shards"]
 
@@ -75,7 +75,7 @@ def _run_shard(job: tuple[int, str]) -> dict:
 # ------------------------------------------------------------------------------------------------ stage A
 def _chunk_jobs(cfg: BuildConfig, work: Path, world: World):
     """Yield this rank's unfinished chunks as (lang, index, [(doc_id, text)], folder)."""
-    from prealign_scale.data.corpus import iter_documents
+    from prealign_scale.text.corpus import iter_documents
 
     facts_lang = cfg.resolved_facts_lang()
     for lang, paths in cfg.corpora.items():

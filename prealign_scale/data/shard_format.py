@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from prealign_scale.alignment.codeswitch import IGNORE_INDEX  # target without loss (its home: the switcher)
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 

@@ -50,7 +50,7 @@ def export_run(engine, cfg: Config, out_dir: Path, vocab_size: int) -> Path | No
     if dist.get_rank() == 0:
         ids = {}
         if cfg.data.tokenizer_dir:
-            from prealign_scale.data.tokenizer import load_tokenizer
+            from prealign_scale.text.tokenizer import load_tokenizer
 
             tok = load_tokenizer(cfg.data.tokenizer_dir)
             ids = {"bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id}

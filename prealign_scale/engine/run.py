@@ -1,13 +1,6 @@
 """`run(cfg)`: phase 1 then phase 2 (or the one the config selects), resuming where the run folder stopped.
 
-Run folder (``run.out_dir``):
-
-    config.yaml        the resolved config of the latest start
-    metrics.jsonl      one line per logged step (callbacks.py)
-    tensorboard/       event files (when tensorboard is installed)
-    checkpoints/       DeepSpeed checkpoints + `latest` pointer (checkpoint.py)
-    hf/                the exported LlamaForCausalLM folder, when the last phase has finished
-    DONE               written last, when every phase is trained and exported (prealign_scale/sweep.py)
+The run folder's layout and its completion marker (``DONE``, written last on rank 0) belong to run_folder.py.
 
 Resume rules, from the checkpoint that `checkpoints/latest` names, once verified (a damaged one is replaced
 by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k):
@@ -42,6 +35,7 @@ from prealign_scale.engine.checkpoint import (
 )
 from prealign_scale.engine.loop import Loggers, LoopState, StepBudget, train_phase
 from prealign_scale.engine.probe_callback import make_probe
+from prealign_scale.engine.run_folder import mark_finished
 
 
 def log0(msg: str) -> None:
@@ -196,9 +190,7 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                 ckpt.load(engine, latest, restore_training_state=False)
             folder = export_run(engine, cfg, out, vocab)
             log0(f"exported {folder}")
-        if rank0:  # the completion marker sweeps and the SLURM script look for (prealign_scale/sweep.py)
-            from prealign_scale.sweep import mark_finished
-
+        if rank0:  # the completion marker sweeps and the SLURM script look for (run_folder.py)
             mark_finished(out, {"phases": phases, "checkpoint": latest.tag if latest else None,
                                 "hf": cfg.run.export_hf})
         log0(f"run finished: {out}")

@@ -51,7 +51,7 @@ _WORD = re.compile(r"[A-Za-z]+")
 
 
 def read_corpus(path: str | Path) -> list[dict]:
-    from prealign_scale.data.corpus import iter_documents
+    from prealign_scale.text.corpus import iter_documents
 
     return [{"text": d.text, **d.fields} for d in iter_documents(path)]
 

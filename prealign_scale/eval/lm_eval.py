@@ -134,7 +134,7 @@ def text_lm_eval(view: ModelView, encoder: TextEncoder, path: str | Path, lang: 
                  append_eos: bool = True, batch_size: int = 16, max_docs: int | None = None,
                  text_field: str = "text") -> dict:
     """``{"loss", "ppl", "tokens", "docs"}`` of the documents of a text file read as language `lang`."""
-    from prealign_scale.data.corpus import CorpusError, iter_documents
+    from prealign_scale.text.corpus import CorpusError, iter_documents
 
     encoder.check_lang(lang)
     pieces = []

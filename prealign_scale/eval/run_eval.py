@@ -163,7 +163,7 @@ def _vocab_offset_of(run_cfg: dict, run_dir: Path) -> int | None:
 
 def _read_texts(path: str) -> list[str]:
     """The documents of a text file (.txt one per line, .jsonl ``"text"``, optionally .gz)."""
-    from prealign_scale.data.corpus import CorpusError, iter_documents
+    from prealign_scale.text.corpus import CorpusError, iter_documents
 
     try:
         return [doc.text for doc in iter_documents(path)]
@@ -196,7 +196,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         raise ValueError(f"eval config: dtype {cfg.dtype!r} is not one of float32, bfloat16, float16")
     model = load_hf_model(hf_dir, cfg.device, getattr(torch, cfg.dtype))
     view = HFModelView(model)
-    from prealign_scale.data.tokenizer import load_tokenizer
+    from prealign_scale.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(cfg.tokenizer_dir or hf_dir)
     offset = cfg.clone_offset

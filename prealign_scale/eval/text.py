@@ -75,6 +75,6 @@ class TextEncoder:
 
 
 def load_encoder(tokenizer_dir: str | Path, clone_offset: int = 0) -> TextEncoder:
-    from prealign_scale.data.tokenizer import load_tokenizer
+    from prealign_scale.text.tokenizer import load_tokenizer
 
     return TextEncoder(load_tokenizer(tokenizer_dir), clone_offset)

@@ -22,7 +22,7 @@ def build_tiny_data(root: Path, *, n_docs: int = 60, seq_len: int = 64, samples_
     from prealign_scale.alignment.clone import build_english_clone
     from prealign_scale.data.build_config import BuildConfig
     from prealign_scale.data.build_shards import build_shards
-    from prealign_scale.data.tokenizer import train_bpe
+    from prealign_scale.text.tokenizer import train_bpe
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Takes pretrain.py's arguments (``--config X ... run.out_dir=D``), appends one JSON line to ``D/starts.jsonl``
 (its argv and the SLURM / rank variables it saw), then, by FAKE_TRAIN_MODE:
 
-- ``finish`` (default): write the completion marker (prealign_scale.sweep.mark_finished) and exit 0.
+- ``finish`` (default): write the completion marker (prealign_scale.engine.run_folder.mark_finished) and exit 0.
 - ``preempt``: if ``D/fake_ckpt`` exists (a restart), resume from it: mark finished, exit 0. Otherwise write
   ``D/waiting`` and wait for SIGUSR1 or SIGTERM (the engine's pre-emption signals), then write ``D/fake_ckpt``
   (the signal's name) and exit 0 without the marker, as the engine does after a pre-emption checkpoint. No
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from prealign_scale.sweep import mark_finished
+from prealign_scale.engine.run_folder import mark_finished
 
 ENV_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_PROCID", "SLURM_NTASKS", "RANK",
             "WORLD_SIZE", "MASTER_ADDR", "PREALIGN_SWEEP")

@@ -1,6 +1,6 @@
 """Run a sweep on this machine, one run after another (or a few at a time), resuming a partial sweep.
 
-For each run of `expand_sweep` (prealign_scale/sweep.py): train it with the real launcher unless its run
+For each run of `expand_sweep` (prealign_scale/launch/sweep.py): train it with the real launcher unless its run
 folder is finished (the engine's DONE marker; a partial run folder resumes from its latest checkpoint), then
 evaluate it unless ``<run>/eval/results.json`` exists. A killed sweep is resumed by running the same command.
 The SLURM job-array path (launchers/submit_sweep.py) shares the expansion and the completion test.
@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prealign_scale.sweep import RunSpec, expand_sweep, load_sweep, run_is_finished
+from prealign_scale.engine.run_folder import run_is_finished
+from prealign_scale.launch.sweep import RunSpec, expand_sweep, load_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: launchers/ are started from here
 
 
 @dataclass
@@ -49,7 +50,8 @@ def eval_command(spec: RunSpec, opts: LocalSweepOptions) -> list[str]:
     return [sys.executable, str(ROOT / "launchers/evaluate.py"), str(run_dir_of(spec)), *opts.eval_args]
 
 
-def _env() -> dict:
+def launch_env() -> dict:
+    """The environment of a training / evaluation process started on this machine (CPU: gloo on loopback)."""
     env = dict(os.environ)
     env.update({"MASTER_ADDR": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false"})
     if not _has_cuda():  # DeepSpeed on CPU over gloo, loopback only (STACK.md)
@@ -128,7 +130,7 @@ def run_local_sweep(sweep_path: str, opts: LocalSweepOptions, only: list[str] | 
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(log_path, "a")  # noqa: SIM115 -- open while the process runs, closed when it ends
             print(f"[sweep] {name}: {what} ({log_path})", flush=True)
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=log, stderr=subprocess.STDOUT)
             running[name] = (spec, steps, proc, log)
         time.sleep(0.5)
     return status

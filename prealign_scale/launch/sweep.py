@@ -26,8 +26,9 @@ A run's name joins its labels with "_" in axis order (``tiny_joint_s1``); labels
 ``.+-`` (no "_", so a name splits back into its labels). Its overrides are: ``overrides``, then each axis's,
 then ``run.out_dir=<out_root>/<name>`` (so no override may set run.out_dir). Later overrides win.
 
-Completion: the engine writes ``<run_dir>/DONE`` (`DONE_MARKER`, via `mark_finished`) after the last phase
-and the export; `run_is_finished` checks for it. A run folder without it is new, partial or pre-empted.
+Completion: the engine writes ``<run_dir>/DONE`` after the last phase and the export; the launch layer checks
+it with `prealign_scale.engine.run_folder.run_is_finished`. A run folder without it is new, partial or
+pre-empted.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DONE_MARKER = "DONE"
 LABEL_RE = re.compile(r"^[A-Za-z0-9.+-]+$")
 AXIS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 SWEEP_KEYS = ("config", "out_root", "overrides", "axes", "exclude", "sbatch")
@@ -311,26 +311,3 @@ def task_run(runs: list[RunSpec], task_id: int, where: str = "sweep") -> RunSpec
         raise SweepError(f"{where}: task id {task_id} is out of range: the sweep has {len(runs)} runs "
                          f"(ids 0..{len(runs) - 1})")
     return runs[task_id]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# completion
-
-
-def done_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / DONE_MARKER
-
-
-def run_is_finished(run_dir: str | Path) -> bool:
-    """True when the engine marked the run folder finished (every phase trained, export written)."""
-    return done_path(run_dir).is_file()
-
-
-def mark_finished(run_dir: str | Path, info: dict | None = None) -> Path:
-    """Write the completion marker (the engine calls this on rank 0 as its very last step)."""
-    path = done_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info or {}, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
