@@ -17,7 +17,6 @@ from prealign_scale.alignment.build_table import (
     clean_entries,
     entry_key,
     leak_free_splits,
-    word_groups,
 )
 from prealign_scale.alignment.coverage import coverage_report, normalize_word
 from prealign_scale.alignment.dictionaries import RawEntry
