@@ -34,7 +34,7 @@ from typing import Protocol
 import numpy as np
 
 from prealign_scale.alignment.table import ALIGN, AlignmentTable
-from prealign_scale.alignment.words import encode_plain, split_affixes, translation_index
+from prealign_scale.alignment.words import encode_plain, normalize_word, split_affixes, translation_index
 from prealign_scale.data.shard_format import IGNORE_INDEX
 
 
@@ -68,11 +68,11 @@ class DictionarySwitcher:
         return len(self._targets)
 
     def covers(self, word: str) -> bool:
-        return split_affixes(word)[1].casefold() in self._targets
+        return normalize_word(word) in self._targets
 
     def translations(self, word, token_ids, leading_space):
         prefix, core, suffix = split_affixes(word)
-        outs = self._targets.get(core.casefold())
+        outs = self._targets.get(normalize_word(core))
         if not outs:
             return []
         if leading_space and not prefix and not suffix:  # the table stores mid-sentence (leading-space) forms
