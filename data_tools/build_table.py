@@ -73,9 +73,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{result.skipped} skipped records")
     print(f"table {args.out}: {c['entries']} entries ({c['align']} align, {c['heldout']} heldout), "
           f"{c['words']} words; {c['merged']} merged, {c['dropped']} dropped, {c['duplicate_words']} duplicate words")
+    print(f"split: {c['groups']} groups of entries sharing a word, {c['heldout_groups']} held out whole")
     if coverage is not None:
         print(f"coverage of {coverage['docs']} docs: {100 * coverage['word_coverage']:.2f}% of "
-              f"{coverage['words']} words, {100 * coverage['token_coverage']:.2f}% of {coverage['tokens']} tokens")
+              f"{coverage['words']} words, {100 * coverage['token_coverage']:.2f}% of {coverage['tokens']} tokens "
+              f"switchable (align part); held out {100 * coverage['heldout_word_coverage']:.2f}% of words, "
+              f"{100 * coverage['heldout_token_coverage']:.2f}% of tokens")
+        for lang, share in coverage["by_lang"].items():
+            print(f"  into {lang}: switchable {100 * share['word_coverage']:.2f}% of words, "
+                  f"held out {100 * share['heldout_word_coverage']:.2f}%")
     return 0
 
 

@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from prealign_scale.alignment.build_table import build_alignment_table, clean_entries, entry_key
+from prealign_scale.alignment.build_table import (
+    SPLIT_RULE,
+    build_alignment_table,
+    clean_entries,
+    entry_key,
+    leak_free_splits,
+)
 from prealign_scale.alignment.coverage import coverage_report, normalize_word
 from prealign_scale.alignment.dictionaries import RawEntry
-from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, split_of
+from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable
 from prealign_scale.text.tokenizer import mid_sentence_ids, tokenizer_sha256, train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +72,9 @@ def test_tokens_ids_and_meta(tok):
     assert table.meta == {
         "kind": "dictionary", "tokenizer_sha256": "t" * 64, "dictionary_sha256": "d" * 64,
         "vocab_size": len(tok), "vocab_offset": 0, "source_lang": "en", "langs": ["de", "en", "fr"],
-        "heldout_fraction": 0.0, "seed": 3, "coverage": None, "problems": 2,
+        "heldout_fraction": 0.0, "split_rule": SPLIT_RULE, "seed": 3, "coverage": None, "problems": 2,
         "counts": {"raw_entries": 3, "duplicate_words": 0, "merged": 0, "dropped": 0, "entries": 3,
-                   "words": 8, "align": 3, "heldout": 0, "problems": 2},
+                   "words": 8, "align": 3, "heldout": 0, "groups": 3, "heldout_groups": 0, "problems": 2},
     }
     assert len(tok) == 400
 
@@ -95,11 +101,14 @@ def test_split_is_deterministic(tok):
     splits = [[e.split for e in t.entries] for t in (a, b, c)]
     assert splits[0] == splits[1]
     assert splits[0] != splits[2]
+    # No two entries share a word: 200 groups of one; the split is the group rule over the entry keys.
+    keys = [entry_key(e.words) for e in a.entries]
+    assert splits[0] == leak_free_splits(keys, list(range(200)), 7, 0.3)
     for e in a.entries:
-        assert e.split == split_of(entry_key(e.words), 7, 0.3)
         assert entry_key(e.words) == "\t".join(sorted(e.words))
     counts = a.meta["counts"]
-    assert counts["heldout"] == splits[0].count(HELDOUT) and 0 < counts["heldout"] < 200
+    assert counts["heldout"] == splits[0].count(HELDOUT) == 60  # round(0.3 * 200), met exactly by 1-entry groups
+    assert counts["groups"] == 200 and counts["heldout_groups"] == 60
     assert counts["align"] + counts["heldout"] == 200
     # The same entries in another input order give the same table.
     assert build(list(reversed(raw)), tok, heldout_fraction=0.3, seed=7).entries == a.entries
@@ -140,8 +149,13 @@ def test_coverage_exact(tok):
         "tokens": ids(texts[0]) + ids(texts[1]),
         "covered_tokens": 3 * ids(" house") + ids(" HOUSE") + ids(" light") + ids(" God") + ids("Light"),
         "token_coverage": report["covered_tokens"] / report["tokens"],
+        "heldout_words": 0, "heldout_word_coverage": 0.0, "heldout_tokens": 0, "heldout_token_coverage": 0.0,
         "distinct_words": 7,
         "distinct_covered": 3,
+        "distinct_heldout": 0,
+        "by_lang": {"de": {k: report[k] for k in (
+            "covered_words", "word_coverage", "covered_tokens", "token_coverage",
+            "heldout_words", "heldout_word_coverage", "heldout_tokens", "heldout_token_coverage")}},
         "top_uncovered": [["the", 3], ["and", 1], ["of", 1]],
     }
     assert report["covered_tokens"] > 0 and report["tokens"] > report["covered_tokens"]

@@ -6,20 +6,30 @@ Steps, each deterministic:
    the first occurrence stays, so the source word keeps its place in front).
 2. Merge entries whose (language, word) sets are identical (the first one's word order stays).
 3. Drop entries left with fewer than two words (counted in ``meta["counts"]["dropped"]``).
-4. Tokenise every word in its mid-sentence form (:func:`mid_sentence_ids`: leading space, no BOS).
+4. Tokenise every word in its mid-sentence form (:func:`prealign_scale.text.tokenizer.mid_sentence_forms`:
+   as after a space inside a sentence, no BOS).
 5. Order the entries by their key (the words joined in sorted order, then the languages) and number them
-   0..n-1; assign each to ``align`` or ``heldout`` with :func:`split_of` (key, seed, heldout_fraction).
+   0..n-1.
+6. Split without leaks (:func:`leak_free_splits`): entries that share a word (same language, same
+   :func:`~prealign_scale.alignment.words.normalize_word` form) form one group (union-find), and whole
+   groups go to ``align`` or ``heldout``, so no normalised word of a held-out entry occurs in an align entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
 
 from prealign_scale.alignment.dictionaries import RawEntry
-from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry, split_of
-from prealign_scale.text.tokenizer import mid_sentence_ids
+from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
+from prealign_scale.alignment.words import word_key
+from prealign_scale.text.tokenizer import mid_sentence_forms
 
 KEY_SEPARATOR = "\t"
+# What meta.json records as the split rule (docs/dictionaries.md, "The split").
+SPLIT_RULE = ("groups: entries sharing a (language, normalised word) are one group; whole groups are held out "
+              "in order of blake2b(seed, group key) while that brings the held-out entry count closer to "
+              "round(heldout_fraction * entries)")
 
 
 def entry_key(words: Iterable[str]) -> str:
@@ -60,14 +70,64 @@ def clean_entries(raw_entries: Iterable[RawEntry]) -> tuple[list[RawEntry], dict
 
 
 def tokenize_words(tokenizer, words: Iterable[str]) -> dict[str, tuple[int, ...]]:
-    """Mid-sentence token ids of each distinct word (one batched call for HF fast tokenizers)."""
-    unique = sorted(set(words))
-    if hasattr(tokenizer, "backend_tokenizer"):
-        # The same encoding as mid_sentence_ids (" " + word, no special tokens), batched in Rust.
-        ids = tokenizer([" " + w.strip() for w in unique], add_special_tokens=False)["input_ids"]
-    else:
-        ids = [mid_sentence_ids(tokenizer, w) for w in unique]
-    return {w: tuple(int(i) for i in t) for w, t in zip(unique, ids)}
+    """Mid-sentence token ids of each distinct word (batched in Rust; no BOS whatever the template)."""
+    return mid_sentence_forms(tokenizer, words)
+
+
+def word_groups(entries: Sequence) -> list[int]:
+    """Group number of every entry: entries that share a (language, normalised word) share a group
+    (union-find, transitively: ``house/Haus``, ``home/Haus`` and ``home/Heim`` are one group). Groups are
+    numbered by their first entry."""
+    parent = list(range(len(entries)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[str, str], int] = {}  # word key -> first entry holding it
+    for i, e in enumerate(entries):
+        for w, lang in zip(e.words, e.langs):
+            key = word_key(lang, w)
+            if not key[1]:
+                continue  # a word of punctuation only ties nothing together
+            j = owner.setdefault(key, i)
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    roots = [find(i) for i in range(len(entries))]
+    number: dict[int, int] = {}
+    return [number.setdefault(r, len(number)) for r in roots]
+
+
+def leak_free_splits(keys: Sequence[str], groups: Sequence[int], seed: int, heldout_fraction: float) -> list[str]:
+    """``align`` / ``heldout`` for every entry, whole groups at a time (see :data:`SPLIT_RULE`).
+
+    keys[i] is entry i's key (:func:`entry_key`); groups[i] its group (:func:`word_groups`). A group's key is
+    its smallest entry key, so the split depends only on the entries and the seed, not on their order. The
+    groups are visited in the order of a seeded hash of that key; each one is held out when that brings the
+    held-out entry count closer to the target ``round(heldout_fraction * n)`` (a group too large to fit is
+    skipped and smaller ones after it still can be), so the fraction is met as closely as the groups allow.
+    """
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+
+    def order(g: int) -> tuple[bytes, str]:
+        gkey = min(keys[i] for i in members[g])
+        return hashlib.blake2b(f"{seed}\x00{gkey}".encode(), digest_size=8).digest(), gkey
+
+    target = round(heldout_fraction * len(keys))
+    splits = [ALIGN] * len(keys)
+    held = 0
+    for g in sorted(members, key=order):
+        size = len(members[g])
+        if abs(held + size - target) < abs(held - target):
+            held += size
+            for i in members[g]:
+                splits[i] = HELDOUT
+    return splits
 
 
 def build_alignment_table(
@@ -98,21 +158,19 @@ def build_alignment_table(
         raise ValueError(f"{len(empty)} words tokenise to nothing, e.g. {empty[:5]}")
 
     ordered = sorted(cleaned, key=lambda e: (entry_key(e.words), e.langs, e.words))
+    groups = word_groups(ordered)
+    splits = leak_free_splits([entry_key(e.words) for e in ordered], groups, seed, heldout_fraction)
     entries = [
-        Entry(
-            id=i,
-            words=e.words,
-            langs=e.langs,
-            tokens=tuple(token_ids[w] for w in e.words),
-            split=split_of(entry_key(e.words), seed, heldout_fraction),
-        )
-        for i, e in enumerate(ordered)
+        Entry(id=i, words=e.words, langs=e.langs, tokens=tuple(token_ids[w.strip()] for w in e.words), split=split)
+        for i, (e, split) in enumerate(zip(ordered, splits))
     ]
     counts.update(
         entries=len(entries),
         words=sum(len(e.words) for e in entries),
         align=sum(e.split == ALIGN for e in entries),
         heldout=sum(e.split == HELDOUT for e in entries),
+        groups=len(set(groups)),
+        heldout_groups=len({g for g, e in zip(groups, entries) if e.split == HELDOUT}),
         problems=problems,
     )
     meta = {
@@ -124,6 +182,7 @@ def build_alignment_table(
         "source_lang": source_lang,
         "langs": sorted({lang for e in entries for lang in e.langs}),
         "heldout_fraction": heldout_fraction,
+        "split_rule": SPLIT_RULE,
         "seed": seed,
         "coverage": coverage,
         "problems": problems,

@@ -12,9 +12,16 @@ a parallel *label* array used to build next-token targets:
 The target stored for position ``t`` is then ``labels[t + 1]`` (done by the packer), so the model reads the
 switched word but is trained to predict the original one, and is never trained to emit switched tokens.
 
-Randomness: ``u = rng.random(n_words)`` decides "switch?" (``u[k] < p``) and ``c = rng.random(n_words)``
-picks the translation (``floor(c[k] * n_translations)``), with ``rng`` seeded from (seed, document id) only.
-The k-th draw depends only on (seed, doc id, k), whatever the rest of the document or the run.
+Randomness is counter-based (:func:`word_uniforms`): word k of a document gets two uniforms
+``u[k], c[k]`` from a hash of (seed, document id, k) alone (blake2b of (seed, doc id) for the document,
+then splitmix64 of that key and k). ``u[k] < p`` decides "switch?" and ``floor(c[k] * n_options)`` picks
+the translation. No random stream is consumed, so appending or editing words after word k changes nothing
+at or before k, and the same (seed, doc id, k) always gives the same decision.
+
+Matching (:class:`DictionarySwitcher`) uses the one word normaliser of
+:mod:`prealign_scale.alignment.words`: a word as written (``"House,``) is cut into punctuation and core;
+the core is matched case-folded; the switched word is the target *as the dictionary gives it* (``Haus``,
+also for a capitalised source word) with the word's own punctuation and leading space kept.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Protocol
 import numpy as np
 
 from prealign_scale.alignment.table import ALIGN, AlignmentTable
+from prealign_scale.alignment.words import normalize_word, split_affixes, translation_index
+from prealign_scale.text.tokenizer import encode_plain
 
 # The label (and stored target) of a position that takes no loss. Its one home: the code-switcher is the first
 # to produce it; the shard format (data/shard_format.py) imports it, and its readers take it from there.
@@ -41,7 +50,13 @@ class Switcher(Protocol):
 
 
 class DictionarySwitcher:
-    """Translations from an alignment table: lower-cased match on the source word, target as given.
+    """Translations from an alignment table, matched with :func:`~prealign_scale.alignment.words.normalize_word`.
+
+    The word as written may carry punctuation (``house,``, ``"House``): the core is matched, the options are
+    the whole word re-tokenised with the target in place of the core (punctuation kept: with SentencePiece
+    BPE ``▁house,`` is often ONE token, so the core cannot be swapped token by token). A target spelled like
+    the source word up to case (``bank`` -> ``Bank``) is a valid option; an option whose tokens equal the
+    original tokens is dropped (it would switch nothing). Targets keep the dictionary's spelling.
 
     Only entries of the table's ``align`` part are used by default, so that held-out words stay unseen by both
     phases (the unseen-word probes test generalisation).
@@ -49,42 +64,35 @@ class DictionarySwitcher:
 
     def __init__(self, table: AlignmentTable, tokenizer, source_lang: str, include_heldout: bool = False):
         self._tok = tokenizer  # a `tokenizers.Tokenizer` (fast) or a transformers tokenizer
-        self._targets: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
-        for e in table.entries:
-            if e.split != ALIGN and not include_heldout:
-                continue
-            for w, lang in zip(e.words, e.langs):
-                if lang != source_lang:
-                    continue
-                key = w.lower()
-                outs = self._targets.setdefault(key, [])
-                for w2, lang2, toks2 in zip(e.words, e.langs, e.tokens):
-                    if lang2 != source_lang and w2.lower() != key and (w2, toks2) not in outs:
-                        outs.append((w2, toks2))
-        self._targets = {k: v for k, v in self._targets.items() if v}
-        self._no_space_cache: dict[str, tuple[int, ...]] = {}
+        entries = [e for e in table.entries if e.split == ALIGN or include_heldout]
+        self._targets = translation_index(entries, source_lang)  # normalised word -> [(word, lang, tokens)]
+        self._cache: dict[str, tuple[int, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._targets)
 
     def covers(self, word: str) -> bool:
-        return word.lower() in self._targets
+        return normalize_word(word) in self._targets
 
     def translations(self, word, token_ids, leading_space):
-        outs = self._targets.get(word.lower())
+        prefix, core, suffix = split_affixes(word)
+        outs = self._targets.get(normalize_word(core))
         if not outs:
             return []
-        if leading_space:  # the table stores mid-sentence (leading-space) forms
-            return [toks for _, toks in outs]
-        # Word at document start or after a bracket: use the target's form without the space.
-        return [self._no_space(w) for w, _ in outs]
+        if leading_space and not prefix and not suffix:  # the table stores mid-sentence (leading-space) forms
+            options = [toks for _, _, toks in outs]
+        else:
+            # Punctuation glued on, or no space before the word (document start, after a bracket): tokenise
+            # the word as it will be written.
+            space = " " if leading_space else ""
+            options = [self._encode(f"{space}{prefix}{w}{suffix}") for w, _, _ in outs]
+        original = tuple(token_ids)
+        return [o for o in options if o != original]
 
-    def _no_space(self, word: str) -> tuple[int, ...]:
-        ids = self._no_space_cache.get(word)
+    def _encode(self, text: str) -> tuple[int, ...]:
+        ids = self._cache.get(text)
         if ids is None:
-            enc = self._tok.encode(word, add_special_tokens=False)
-            ids = tuple(enc.ids if hasattr(enc, "ids") else enc)
-            self._no_space_cache[word] = ids
+            ids = self._cache[text] = encode_plain(self._tok, text)
         return ids
 
 
@@ -110,10 +118,32 @@ class CloneSwitcher:
         return []
 
 
-def doc_rng(seed: int, doc_id: str) -> np.random.Generator:
-    """The random stream of one document: a pure function of (seed, document id)."""
-    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=16).digest()
-    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32).tolist())
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
+_CHOICE_STREAM = np.uint64(0xD1B54A32D192ED03)  # separates the choice uniform from the switch uniform
+
+
+def doc_key(seed: int, doc_id: str) -> np.uint64:
+    """64-bit key of one document: blake2b of (seed, document id)."""
+    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def word_uniforms(seed: int, doc_id: str, word_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, c): two uniforms in [0, 1) for each word index, a pure function of (seed, doc id, index)."""
+    k = np.asarray(word_index, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = doc_key(seed, doc_id) + (k + np.uint64(1)) * _GOLDEN
+        u = _splitmix64(x)
+        c = _splitmix64(x ^ _CHOICE_STREAM)
+    scale = 2.0**-53
+    return (u >> np.uint64(11)).astype(np.float64) * scale, (c >> np.uint64(11)).astype(np.float64) * scale
 
 
 @dataclass
@@ -150,9 +180,7 @@ def switch_document(
     starts = np.concatenate(([0], np.flatnonzero(np.diff(word_ids)) + 1))
     ends = np.append(starts[1:], n)
     n_words = starts.size
-    rng = doc_rng(seed, doc_id)
-    u = rng.random(n_words)
-    c = rng.random(n_words)
+    u, c = word_uniforms(seed, doc_id, np.arange(n_words))
 
     # 1. decide: candidates (u < p) that the dictionary covers, with their chosen translation
     cand = np.flatnonzero(u < p)  # a few percent of the words

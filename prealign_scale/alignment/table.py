@@ -9,10 +9,14 @@ On disk a table is a folder (a documented contract, see docs/formats.md):
 - ``meta.json``: how the table was made: ``kind`` ("dictionary" or "clone"), ``tokenizer_sha256``,
   ``dictionary_sha256``, ``vocab_size`` (ids in the model's vocabulary, 2V for English-Clone),
   ``vocab_offset`` (V for English-Clone, else 0), ``source_lang``, ``heldout_fraction``, ``seed``,
-  ``coverage`` (a report against a corpus sample, or null), ``problems`` (count of bad input lines).
+  ``split_rule`` (dictionary tables: how the split was made), ``coverage`` (a report against a corpus
+  sample, or null), ``problems`` (count of bad input lines), ``counts`` (incl. ``groups``).
 
 The split into an ``align`` part (used by phase 1 and by code-switching) and a ``heldout`` part (for the
-unseen-word probes) is a pure function of (seed, entry key): see :func:`split_of`.
+unseen-word probes) is a pure function of the entries and the seed. Dictionary tables split whole groups of
+entries that share a normalised word (``prealign_scale.alignment.build_table.leak_free_splits``), so no
+held-out word is trained; English-Clone tables, whose entries are single distinct token ids, split each
+entry by :func:`split_of` (seed, entry key).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from prealign_scale.alignment.clone import CLONE, clone_word
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
+from prealign_scale.alignment.words import word_key
 from prealign_scale.eval.io import EvalInputError, read_tsv
 from prealign_scale.eval.model_view import ModelView, layer_names, pooled_vectors
 from prealign_scale.eval.text import TextEncoder
@@ -83,14 +84,33 @@ def pairs_of_entry(entry: Entry, source_lang: str) -> list[tuple[str, ProbePair]
     return out
 
 
+def trained_words(table: AlignmentTable) -> set:
+    """What the table's ``align`` part trains: the token ids of its words and, for dictionary tables, their
+    (language, normalised word) keys (:func:`prealign_scale.alignment.words.word_key`). English-Clone words
+    are token strings, one entry per token id, so there the token ids alone say what was trained."""
+    seen: set = set()
+    for entry in table.part(ALIGN):
+        for word, lang, toks in zip(entry.words, entry.langs, entry.tokens):
+            seen.add(("tokens", toks))
+            if table.meta.get("kind") != "clone":
+                seen.add(word_key(lang, word))
+    return seen
+
+
 def probe_set_from_table(table: AlignmentTable, max_pairs: int | None = None, seed: int = 0) -> ProbeSet:
     """Groups ``seen`` (align part) and ``unseen`` (heldout part) of a table; with several target languages
     ``seen:de``, ``unseen:de``, ... Each group keeps at most `max_pairs` pairs: a subset drawn with
-    ``numpy.random.default_rng(seed)`` (the same for the same table and seed), in table order."""
+    ``numpy.random.default_rng(seed)`` (the same for the same table and seed), in table order.
+
+    ``unseen`` holds only held-out words: a held-out pair whose source or target word the align part trains
+    (:func:`trained_words`; possible in tables built before the leak-free split) is left out."""
     source_lang = table.meta.get("source_lang") or table.entries[0].langs[0]
+    trained = trained_words(table)
     by_group: dict[tuple[str, str], list[ProbePair]] = {}
     for entry in table.entries:
         for lang, pair in pairs_of_entry(entry, source_lang):
+            if entry.split == HELDOUT and _is_trained(pair, source_lang, lang, trained, table):
+                continue
             by_group.setdefault((SPLIT_GROUPS[entry.split], lang), []).append(pair)
     tgt_langs = {lang for _, lang in by_group}
     groups: dict[str, list[ProbePair]] = {}
@@ -100,6 +120,14 @@ def probe_set_from_table(table: AlignmentTable, max_pairs: int | None = None, se
     if not groups:
         raise ValueError("probe_set_from_table: the table gives no word pairs")
     return ProbeSet(groups)
+
+
+def _is_trained(pair: ProbePair, src_lang: str, tgt_lang: str, trained: set, table: AlignmentTable) -> bool:
+    if ("tokens", pair.src) in trained or ("tokens", pair.tgt) in trained:
+        return True
+    if table.meta.get("kind") == "clone":
+        return False
+    return word_key(src_lang, pair.src_word) in trained or word_key(tgt_lang, pair.tgt_word) in trained
 
 
 def subsample(items: list, max_items: int | None, seed: int) -> list:

@@ -67,9 +67,50 @@ def tokenizer_sha256(folder: str | Path) -> str:
     return hashlib.sha256((Path(folder) / "tokenizer.json").read_bytes()).hexdigest()
 
 
+# The word in front of every dictionary word when it is tokenised in context (see mid_sentence_forms).
+CONTEXT_ANCHOR = "a"
+
+
+def _backend(tokenizer):
+    """The `tokenizers.Tokenizer` behind a transformers fast tokenizer (or the tokenizer itself)."""
+    return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
+def encode_plain(tokenizer, text: str) -> tuple[int, ...]:
+    """Token ids of `text` exactly as given, without special tokens (no BOS/EOS from any template)."""
+    enc = _backend(tokenizer).encode(text, add_special_tokens=False)
+    return tuple(enc.ids)
+
+
+def mid_sentence_forms(tokenizer, words: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Mid-sentence token ids of each distinct word: the tokens of the word in ``"a <word>"`` (after
+    :data:`CONTEXT_ANCHOR` and a space), without special tokens.
+
+    The word's tokens are those whose character offsets start at or after the space. Encoding in context
+    gives the form the word has inside a text for every tokenizer family: byte-level BPE (``Ġhouse``),
+    Metaspace pre-tokenizers and Llama 2 style ``▁`` normalisers (``▁house``, where ``" house"`` alone would
+    become ``▁▁house``). If the anchor's tokens are not a clean prefix (a merge across the space), the word
+    falls back to ``encode(" " + word)``.
+    """
+    backend = _backend(tokenizer)
+    unique = sorted({w.strip() for w in words})
+    anchor_ids = backend.encode(CONTEXT_ANCHOR, add_special_tokens=False).ids
+    n_anchor = len(anchor_ids)
+    encs = backend.encode_batch([f"{CONTEXT_ANCHOR} {w}" for w in unique], add_special_tokens=False)
+    out = {}
+    for word, enc in zip(unique, encs):
+        ids, offsets = enc.ids, enc.offsets
+        clean = ids[:n_anchor] == anchor_ids and all(a >= len(CONTEXT_ANCHOR) for a, _ in offsets[n_anchor:])
+        if clean:
+            out[word] = tuple(ids[n_anchor:])
+        else:
+            out[word] = encode_plain(backend, " " + word)
+    return out
+
+
 def mid_sentence_ids(tokenizer, word: str) -> list[int]:
-    """Token ids of `word` as it appears mid-sentence (leading space), without BOS/EOS."""
-    return tokenizer.encode(" " + word.strip(), add_special_tokens=False)
+    """Token ids of one `word` in its mid-sentence form (:func:`mid_sentence_forms`), without BOS/EOS."""
+    return list(mid_sentence_forms(tokenizer, [word])[word.strip()])
 
 
 def iter_texts(docs: Iterable[dict]) -> Iterator[str]:
