@@ -28,6 +28,7 @@ import yaml
 
 from prealign_scale.alignment.clone import CLONE, EN
 from prealign_scale.alignment.table import AlignmentTable
+from prealign_scale.data.shard_format import MANIFEST_NAME, Manifest
 from prealign_scale.eval import knowledge, lm_eval, probe, retrieval, transfer
 from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.model_view import HFModelView, load_hf_model
@@ -154,10 +155,10 @@ def _vocab_offset_of(run_cfg: dict, run_dir: Path) -> int | None:
         if "vocab_offset" in meta:
             return int(meta["vocab_offset"])
     shards = _resolve(data.get("shard_dir"), run_dir)
-    if shards is not None and (shards / "manifest.json").is_file():
-        manifest = json.loads((shards / "manifest.json").read_text())
-        if "vocab_offset" in manifest:
-            return int(manifest["vocab_offset"])
+    if shards is not None and (shards / MANIFEST_NAME).is_file():
+        manifest = Manifest.read(shards)
+        if manifest.vocab_offset is not None:
+            return manifest.vocab_offset
     return None
 
 
