@@ -39,7 +39,7 @@ def yaml_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
     out[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for knode, vnode in node.value:
-            key = prefix + (knode.value,)
+            key = prefix + (str(knode.value),)
             out.update(yaml_lines(vnode, key))
             out[key] = knode.start_mark.line + 1  # a key's line, not its value's
     elif isinstance(node, yaml.SequenceNode):
