@@ -204,7 +204,7 @@ def check_values(cfg: Config) -> list[str]:
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):
         if not 0.0 <= _value(cfg, key) <= 1.0:
             problems.append(f"{key}: must be between 0 and 1, got {_value(cfg, key)!r}")
-    if not cfg.phases():
+    if cfg.run.phase in PHASES and not cfg.phases():
         problems.append(f"run.phase: nothing to train: phase {cfg.run.phase!r} with align.steps="
                         f"{cfg.align.steps}, lm.steps={cfg.lm.steps}")
     return [p for p in problems if p is not None]
