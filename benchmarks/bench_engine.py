@@ -52,7 +52,7 @@ def run_plain(a) -> dict:
     import torch
     import torch.distributed as dist
 
-    from prealign_scale.data.shard_format import IGNORE_INDEX
+    from prealign_scale.data.shard_format import IGNORE_INDEX, Manifest
     from prealign_scale.data.shard_reader import ShardLoader, attention_mask_from_segments
     from prealign_scale.model.builder import build_gpt_model
     from prealign_scale.model.parallel import init_model_parallel
@@ -62,8 +62,8 @@ def run_plain(a) -> dict:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29572")
     dist.init_process_group("gloo", rank=0, world_size=1)
     init_model_parallel(1, seed=1234)
-    manifest = json.loads((Path(a.shards) / "manifest.json").read_text())
-    model = build_gpt_model(get_preset(a.preset), int(manifest["vocab_size"]), int(manifest["seq_len"]))
+    manifest = Manifest.read(a.shards)
+    model = build_gpt_model(get_preset(a.preset), manifest.vocab_size, manifest.seq_len)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     loader = iter(ShardLoader(a.shards, a.global_batch, dp_rank=0, dp_world_size=1, seed=1234, num_workers=0))
     times = []

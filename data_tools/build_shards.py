@@ -21,13 +21,16 @@ mixture or layout re-plans without re-tokenising). Shard format and the rules: d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.data.build_config import BuildConfig, BuildError
+from prealign_scale.data.build_config import BuildConfig, BuildError, read_build_yaml
 from prealign_scale.data.build_shards import build_shards
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(BuildConfig)}  # written once, in BuildConfig
 
 
 def _kv(text: str, what: str) -> tuple[str, str]:
@@ -45,13 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer")
     p.add_argument("--table", help="alignment table folder (no switching without one)")
     p.add_argument("--mixture", help="token-ratio weights, e.g. en=0.9,clone=0.1 (default: all documents)")
-    p.add_argument("--p", type=float, help="switch probability per covered word (default 0.05)")
+    p.add_argument("--p", type=float, help=f"switch probability per covered word (default {DEFAULTS['p']})")
     p.add_argument("--switch-langs", help="comma-separated languages to code-switch (default: the first)")
     p.add_argument("--clone-langs", help="comma-separated languages rendered as English-Clone")
     p.add_argument("--include-heldout", action="store_true", default=None,
                    help="also switch the table's held-out words")
     p.add_argument("--seed", type=int)
-    p.add_argument("--seq-len", type=int)
+    p.add_argument("--seq-len", type=int, help=f"tokens per packed sample (default {DEFAULTS['seq_len']})")
     p.add_argument("--total-tokens", type=int)
     p.add_argument("--samples-per-shard", type=int)
     p.add_argument("--shard-multiple", type=int, help="shard count multiple (ranks x loader workers)")
@@ -60,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus-format", choices=["lines", "paragraphs", "jsonl"])
     p.add_argument("--facts", help="knowledge facts JSONL to mix into the source-language documents")
     p.add_argument("--fact-templates", help="templates JSON {lang: {relation: [templates]}}")
-    p.add_argument("--fact-repeats", type=int, help="statements of each fact (default 10)")
+    p.add_argument("--fact-repeats", type=int, help=f"statements of each fact (default {DEFAULTS['fact_repeats']})")
     p.add_argument("--facts-lang", help="language of the fact documents (default: the first switched one)")
     p.add_argument("--workers", type=int, default=1, help="worker processes per rank (default 1)")
     p.add_argument("--overwrite", action="store_true",
@@ -73,16 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def config_from_args(a: argparse.Namespace) -> BuildConfig:
     values: dict = {}
     if a.config:
-        import yaml
-
-        try:
-            values = yaml.safe_load(Path(a.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise BuildError(f"{a.config}: {exc}") from exc
-        known = set(BuildConfig.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BuildError(f"{a.config}: unknown key(s) {unknown}; known: {sorted(known)}")
+        values = read_build_yaml(a.config)
     if a.corpus:
         corpora: dict[str, list[str]] = {}
         for spec in a.corpus:

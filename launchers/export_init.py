@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from prealign_scale import dist as pdist
-    from prealign_scale.config import ConfigError, load_config, save_config
+    from prealign_scale.config import ConfigError, save_config
+    from prealign_scale.engine.resolve_config import load_config
 
     env = pdist.discover()
     try:

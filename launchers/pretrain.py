@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from prealign_scale import dist as pdist
-    from prealign_scale.config import ConfigError, load_config
+    from prealign_scale.config import ConfigError
+    from prealign_scale.engine.resolve_config import load_config
 
     env = pdist.discover()
     overrides = list(args.overrides) + ([f"run.phase={args.phase}"] if args.phase else [])

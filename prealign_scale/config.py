@@ -11,36 +11,39 @@ docs/training.md):
     run:    out_dir, seed, ds_config, phase, log_every, ckpt_every, keep_last, export_hf, ...
     dist:   timeout_minutes, backend
 
-`load_config(path, overrides, world_size=...)` parses, type-checks, resolves (vocab_size, seq_len,
-grad_accum from a global batch) and validates. Every problem raises `ConfigError` with ONE message that
-names the key and where it came from (``configs/x.yaml:12: lm.stepz: unknown key; did you mean lm.steps?``).
+This module owns the types, the defaults and the pure value checks:
+
+- `parse_config(path, overrides)`: YAML + ``section.key=value`` overrides, type-checked (config_loader.py);
+- `check_values(cfg)`: the checks that need no file and no model package; returns the problems (the first
+  one is what `ConfigError` says).
+
+The files a config names (ds_config, shard manifest, table meta, tokenizer, init_hf) and the model presets
+are read by the resolution step, `prealign_scale.engine.resolve_config.load_config(path, overrides,
+world_size=...)`, which returns a NEW Config with the derived values (vocab_size, seq_len, tp, grad_accum).
+Every problem is a `ConfigError` with ONE message that names the key and where it came from
+(``configs/x.yaml:12: lm.stepz: unknown key; did you mean lm.steps?``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from prealign_scale.model.presets import ModelPreset
+from prealign_scale.config_loader import ConfigError, load_tree
 
 ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.kernels.align_loss
 LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
 PHASES = ("all", "align", "lm")
 ATTENTION_IMPLS = ("auto", "sdpa", "te")  # prealign_scale.model.builder.layer_spec
-DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+SCHEDULES = ("linear", "cosine", "constant")
+DIST_BACKENDS = ("gloo", "nccl")
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key and its origin (file:line or override)."""
+__all__ = ["Config", "ConfigError", "check_values", "parse_config", "save_config"]
 
 
 @dataclass
@@ -143,336 +146,68 @@ class Config:
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section name -> its dataclass
 
 
-def tp_size(cfg: Config) -> int:
-    """model.tp, or the preset's default_tp while it is null (a Config built in code, not through validate)."""
-    if cfg.model.tp is not None:
-        return cfg.model.tp
-    from prealign_scale.model.presets import get_preset
-
-    return get_preset(cfg.model.preset).default_tp
-
-
-# ----------------------------------------------------------------------------------------------------------
-# parsing: YAML (with line numbers) and dotted overrides
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """'section.key' -> 1-based line of that key in the YAML text (for error messages)."""
-    lines: dict[str, int] = {}
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if not isinstance(root, yaml.MappingNode):
-        return lines
-    for knode, vnode in root.value:
-        lines[str(knode.value)] = knode.start_mark.line + 1
-        if isinstance(vnode, yaml.MappingNode):
-            for k2, _ in vnode.value:
-                lines[f"{knode.value}.{k2.value}"] = k2.start_mark.line + 1
-    return lines
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"command line: {item!r}: an override must look like section.key=value (e.g. lm.steps=20)")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if key.count(".") != 1:
-        raise ConfigError(f"command line: {item!r}: the key must be section.key (e.g. lm.steps), got {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def _check_type(key: str, value: Any, hint: Any, where: str) -> Any:
-    """Return `value` converted to the field type `hint`, or raise ConfigError naming `key`."""
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}: {key}: must not be null (expected {base.__name__})")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif base is str and isinstance(value, str):
-        return value
-    got = f"{value!r} ({type(value).__name__})"
-    raise ConfigError(f"{where}: {key}: expected {'null or ' if optional else ''}{base.__name__}, got {got}")
-
-
-def _unknown(key: str, known: list[str], where: str, what: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    return ConfigError(f"{where}: {key}: unknown {what}{hint}")
-
-
-def _apply(cfg: Config, key: str, value: Any, where: str) -> None:
-    section, _, name = key.partition(".")
-    if section not in SECTIONS:
-        raise _unknown(section, list(SECTIONS), where, "section")
-    sec_type = SECTIONS[section]
-    hints = typing.get_type_hints(sec_type)
-    if name not in hints:
-        raise _unknown(key, [f"{section}.{n}" for n in hints], where, "key")
-    setattr(getattr(cfg, section), name, _check_type(key, value, hints[name], where))
-
-
 def parse_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """YAML file (optional) then overrides, type-checked; no file-system or batch validation yet."""
-    cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: {path}: no such file")
-        text = path.read_text()
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
-        lines = _key_lines(text)
-        for section, body in raw.items():
-            where = f"{path}:{lines.get(str(section), '?')}"
-            if section not in SECTIONS:
-                raise _unknown(str(section), list(SECTIONS), where, "section")
-            if body is None:
-                continue
-            if not isinstance(body, dict):
-                raise ConfigError(f"{where}: {section}: must be a mapping of keys, got {type(body).__name__}")
-            for name, value in body.items():
-                key = f"{section}.{name}"
-                _apply(cfg, key, value, f"{path}:{lines.get(key, '?')}")
-    for item in overrides:
-        key, value = _parse_override(item)
-        _apply(cfg, key, value, f"command line {item!r}")
-    return cfg
+    return load_tree(Config, path, overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# validation and resolution
+# value checks (pure: no files, no model package)
 
 
-def _fail(key: str, msg: str) -> ConfigError:
-    return ConfigError(f"{key}: {msg}")
+def _value(cfg: Config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
-def _positive(cfg: Config, *keys: str, allow_zero: bool = False) -> None:
+def _positive(cfg: Config, keys: tuple[str, ...], allow_zero: bool = False) -> list[str]:
+    problems = []
     for key in keys:
-        section, name = key.split(".")
-        v = getattr(getattr(cfg, section), name)
-        if v is None:
-            continue
-        if v < 0 or (v == 0 and not allow_zero):
-            raise _fail(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+        v = _value(cfg, key)
+        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
+            problems.append(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    return problems
 
 
-def _choice(key: str, value: str | None, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise _fail(key, f"must be one of {', '.join(choices)}, got {value!r}{hint}")
+def choice_problem(key: str, value: str | None, choices: tuple[str, ...]) -> str | None:
+    """``key: must be one of ...`` (with the close name) when `value` is not among `choices`, else None."""
+    if value in choices:
+        return None
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{key}: must be one of {', '.join(choices)}, got {value!r}{hint}"
 
 
-def read_json(path: Path, key: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _fail(key, f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise _fail(key, f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise _fail(key, f"{path}: expected a JSON object")
-    return data
+def check_values(cfg: Config) -> list[str]:
+    """Every problem of the values themselves (choices, ranges, combinations), in a fixed order.
 
-
-def _resolve_accum(key_prefix: str, per_rank: int, accum: int | None, global_batch: int | None,
-                   dp: int, per_rank_key: str, global_key: str) -> int:
-    """grad_accum from the global batch: global = per_rank * grad_accum * dp must hold exactly."""
-    if global_batch is None:
-        return 1 if accum is None else accum
-    unit = per_rank * dp
-    if global_batch % unit:
-        raise _fail(f"{key_prefix}.{global_key}", f"{global_batch} is not divisible by {per_rank_key} x "
-                    f"data-parallel size = {per_rank} x {dp} = {unit}")
-    derived = global_batch // unit
-    if accum is not None and accum != derived:
-        raise _fail(f"{key_prefix}.grad_accum", f"{accum} disagrees with {key_prefix}.{global_key}={global_batch} "
-                    f"(= {per_rank} x {dp} ranks x {derived}); set only one of them")
-    return derived
-
-
-def _check_tp_split(preset: ModelPreset, tp: int, origin: str) -> None:
-    """megatron splits the attention heads, the key/value groups and the FFN width over the TP ranks."""
-    import math
-
-    sizes = {"num_attention_heads": preset.num_attention_heads, "num_query_groups": preset.num_query_groups,
-             "ffn_hidden_size": preset.ffn_hidden_size}
-    bad = [f"{k}={v}" for k, v in sizes.items() if v % tp]
-    if bad:
-        common = math.gcd(*sizes.values())
-        ok = ", ".join(str(t) for t in range(1, common + 1) if common % t == 0)
-        raise _fail("model.tp", f"{tp}{origin} cannot split preset {preset.name!r}: {', '.join(bad)} not divisible "
-                    f"by {tp} (tensor parallelism splits the heads, query groups and FFN width); use one of {ok}")
-
-
-def _check_init_hf(folder: str, preset: ModelPreset) -> int:
-    """The vocab size of the HF folder `model.init_hf`, after checking it matches `preset` (ConfigError)."""
-    from prealign_scale.model.hf_convert import check_hf_folder
-
-    try:
-        return check_hf_folder(folder, preset)
-    except (OSError, ValueError) as exc:
-        raise _fail("model.init_hf", str(exc)) from None
-
-
-def validate(cfg: Config, world_size: int = 1) -> Config:
-    """Check values, files and batch arithmetic; fill the derived fields. Returns `cfg` (modified)."""
-    from prealign_scale.model.presets import PRESETS
-
-    _choice("model.preset", cfg.model.preset, tuple(PRESETS))
-    _choice("run.phase", cfg.run.phase, PHASES)
-    _choice("align.schedule", cfg.align.schedule, ("linear", "cosine", "constant"))
-    _choice("lm.schedule", cfg.lm.schedule, ("linear", "cosine", "constant"))
-    _choice("align.loss_impl", cfg.align.loss_impl, ALIGN_LOSS_IMPLS)
-    _choice("lm.lm_loss_impl", cfg.lm.lm_loss_impl, LM_LOSS_IMPLS)
-    _choice("model.attention", cfg.model.attention, ATTENTION_IMPLS)
-    if cfg.model.attention == "te":
-        from prealign_scale.model.builder import transformer_engine_available
-
-        if cfg.lm.doc_attention and cfg.lm.steps > 0:
-            raise _fail("model.attention", "'te' runs megatron's TE core attention with a causal mask type, "
-                        "which ignores the per-document mask; set lm.doc_attention=false or use 'sdpa'")
-        if not transformer_engine_available():
-            raise _fail("model.attention", "'te' needs Transformer Engine (import transformer_engine.pytorch "
-                        "failed); build the image with --build-arg TE_VERSION=<x.y> or use 'sdpa'")
+    Needs no file and no model package: the presets, the tensor-parallel split and the data files are the
+    resolution step's (engine/resolve_config.py). Returns one ``key: what is wrong`` line per problem.
+    """
+    problems = [choice_problem(key, _value(cfg, key), choices) for key, choices in (
+        ("run.phase", PHASES), ("align.schedule", SCHEDULES), ("lm.schedule", SCHEDULES),
+        ("align.loss_impl", ALIGN_LOSS_IMPLS), ("lm.lm_loss_impl", LM_LOSS_IMPLS),
+        ("model.attention", ATTENTION_IMPLS))]
+    if cfg.model.attention == "te" and cfg.lm.doc_attention and cfg.lm.steps > 0:
+        problems.append("model.attention: 'te' runs megatron's TE core attention with a causal mask type, which "
+                        "ignores the per-document mask; set lm.doc_attention=false or use 'sdpa'")
     if cfg.dist.backend is not None:
-        _choice("dist.backend", cfg.dist.backend, ("gloo", "nccl"))
-    # Tensor parallelism: null takes the preset's default_tp (2 for 13b, 8 for 70b, else 1).
-    preset = PRESETS[cfg.model.preset]
-    tp_origin = ""
-    if cfg.model.tp is None:
-        cfg.model.tp = preset.default_tp
-        tp_origin = f" (the default_tp of preset {preset.name!r}; set model.tp to choose another)"
-    _positive(cfg, "model.vocab_size", "model.seq_len", "model.tp", "align.entries_per_rank", "align.grad_accum",
-              "align.global_entries", "align.lr", "align.tau", "lm.micro_batch_size", "lm.grad_accum",
-              "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after",
-              "dist.timeout_minutes")
-    _positive(cfg, "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay",
-              "data.num_workers", "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every",
-              allow_zero=True)
-    _positive(cfg, "run.probe_pairs")
+        problems.append(choice_problem("dist.backend", cfg.dist.backend, DIST_BACKENDS))
+    problems += _positive(cfg, (
+        "model.vocab_size", "model.seq_len", "model.tp", "align.entries_per_rank", "align.grad_accum",
+        "align.global_entries", "align.lr", "align.tau", "lm.micro_batch_size", "lm.grad_accum",
+        "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after", "dist.timeout_minutes"))
+    problems += _positive(cfg, (
+        "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay", "data.num_workers",
+        "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every"), allow_zero=True)
+    problems += _positive(cfg, ("run.probe_pairs",))
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):
-        section, name = key.split(".")
-        if not 0.0 <= getattr(getattr(cfg, section), name) <= 1.0:
-            raise _fail(key, f"must be between 0 and 1, got {getattr(getattr(cfg, section), name)!r}")
-    _check_tp_split(preset, cfg.model.tp, tp_origin)
-    if cfg.lm.lm_loss_impl != "megatron" and cfg.model.tp > 1:
-        raise _fail("lm.lm_loss_impl", f"{cfg.lm.lm_loss_impl!r} needs model.tp=1 (got {cfg.model.tp}{tp_origin}); "
-                    "use megatron")
-    if world_size % cfg.model.tp:
-        raise _fail("model.tp", f"{cfg.model.tp}{tp_origin} does not divide the world size {world_size}")
-    dp = world_size // cfg.model.tp
-    if not cfg.phases():
-        raise _fail("run.phase", f"nothing to train: phase {cfg.run.phase!r} with align.steps="
-                    f"{cfg.align.steps}, lm.steps={cfg.lm.steps}")
-
-    # Files. Paths are relative to the working directory (the repository root for the shipped configs).
-    ds_path = Path(cfg.run.ds_config)
-    ds = read_json(ds_path, "run.ds_config")
-    for k in DS_BATCH_KEYS:
-        if k in ds and ds[k] != "auto":
-            raise _fail("run.ds_config", f"{ds_path}: {k}={ds[k]!r}: batch sizes come from the align/lm sections "
-                        "of the experiment config; remove the key or set it to \"auto\"")
-    vocab_sources: dict[str, int] = {}
-    manifest = None
-    if "lm" in cfg.phases():
-        if cfg.data.shard_dir is None:
-            raise _fail("data.shard_dir", "required for phase lm (lm.steps > 0)")
-        manifest = read_json(Path(cfg.data.shard_dir) / "manifest.json", "data.shard_dir")
-        for k in ("seq_len", "vocab_size", "shards"):
-            if k not in manifest:
-                raise _fail("data.shard_dir", f"{cfg.data.shard_dir}/manifest.json: missing field {k!r}")
-        vocab_sources["data.shard_dir (manifest.json)"] = int(manifest["vocab_size"])
-        n_shards = len(manifest["shards"])
-        if n_shards % dp:
-            raise _fail("data.shard_dir", f"{n_shards} shards are not divisible by the data-parallel size {dp}; "
-                        "rebuild the shards with a multiple of it (ranks would see unequal sample counts)")
-        readers = dp * max(1, cfg.data.num_workers)
-        if n_shards % readers:
-            raise _fail("data.num_workers", f"{cfg.data.num_workers} workers x {dp} data-parallel ranks = {readers} "
-                        f"readers do not divide the {n_shards} shards of {cfg.data.shard_dir}; use fewer workers")
-    if "align" in cfg.phases():
-        if cfg.data.table_dir is None:
-            raise _fail("data.table_dir", "required for phase align (align.steps > 0)")
-        if not (Path(cfg.data.table_dir) / "entries.jsonl").is_file():
-            raise _fail("data.table_dir", f"{cfg.data.table_dir}: no alignment table here (no entries.jsonl)")
-        meta_path = Path(cfg.data.table_dir) / "meta.json"
-        meta = read_json(meta_path, "data.table_dir") if meta_path.is_file() else {}
-        if meta.get("vocab_size") is not None:
-            vocab_sources["data.table_dir (meta.json)"] = int(meta["vocab_size"])
-    if cfg.run.export_hf:
-        tok = cfg.data.tokenizer_dir
-        if tok is None or not (Path(tok) / "tokenizer.json").is_file():
-            raise _fail("data.tokenizer_dir", f"{tok}: no tokenizer.json (needed by run.export_hf=true; "
-                        "set data.tokenizer_dir or run.export_hf=false)")
-
-    # Derived sizes.
-    hf_vocab = _check_init_hf(cfg.model.init_hf, preset) if cfg.model.init_hf is not None else None
-    if cfg.model.vocab_size is None:
-        if hf_vocab is not None:  # the checkpoint fixes the embedding rows
-            cfg.model.vocab_size = hf_vocab
-        elif not vocab_sources:
-            raise _fail("model.vocab_size", "null, and no shard manifest or table meta.json gives a vocab_size")
-        else:
-            cfg.model.vocab_size = max(vocab_sources.values())
-    for src, v in vocab_sources.items():
-        if v > cfg.model.vocab_size:
-            origin = f" (the vocab_size of model.init_hf={cfg.model.init_hf})" if hf_vocab is not None else ""
-            raise _fail("model.vocab_size", f"{cfg.model.vocab_size}{origin} is smaller than the vocab_size {v} "
-                        f"of {src}")
-    if hf_vocab is not None:
-        from prealign_scale.model.builder import pad_vocab_size
-
-        rows = cfg.model.vocab_size if cfg.model.tp == 1 else pad_vocab_size(cfg.model.vocab_size, cfg.model.tp, 1)
-        if rows != hf_vocab:
-            padded = f", padded to a multiple of model.tp={cfg.model.tp}" if rows != cfg.model.vocab_size else ""
-            raise _fail("model.init_hf", f"{cfg.model.init_hf}/config.json: vocab_size={hf_vocab} differs from the "
-                        f"model's {rows} embedding rows (model.vocab_size={cfg.model.vocab_size}{padded}); set "
-                        f"model.vocab_size=null to take the checkpoint's")
-    if manifest is not None:
-        if cfg.model.seq_len is not None and cfg.model.seq_len != int(manifest["seq_len"]):
-            raise _fail("model.seq_len", f"{cfg.model.seq_len} differs from the shards' seq_len "
-                        f"{manifest['seq_len']} ({cfg.data.shard_dir}/manifest.json); set it to null")
-        cfg.model.seq_len = int(manifest["seq_len"])
-    elif cfg.model.seq_len is None:
-        cfg.model.seq_len = preset.default_seq_len
-    cfg.align.grad_accum = _resolve_accum("align", cfg.align.entries_per_rank, cfg.align.grad_accum,
-                                          cfg.align.global_entries, dp, "align.entries_per_rank", "global_entries")
-    cfg.lm.grad_accum = _resolve_accum("lm", cfg.lm.micro_batch_size, cfg.lm.grad_accum,
-                                       cfg.lm.global_batch_size, dp, "lm.micro_batch_size", "global_batch_size")
-    return cfg
-
-
-def load_config(path: str | Path | None, overrides: list[str] = (), *, world_size: int = 1) -> Config:
-    """Parse, type-check, validate and resolve a run configuration (raises ConfigError)."""
-    return validate(parse_config(path, overrides), world_size=world_size)
+        if not 0.0 <= _value(cfg, key) <= 1.0:
+            problems.append(f"{key}: must be between 0 and 1, got {_value(cfg, key)!r}")
+    if cfg.run.phase in PHASES and not cfg.phases():
+        problems.append(f"run.phase: nothing to train: phase {cfg.run.phase!r} with align.steps="
+                        f"{cfg.align.steps}, lm.steps={cfg.lm.steps}")
+    return [p for p in problems if p is not None]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prealign_scale.config import Config, ConfigError, load_config, parse_config, save_config
+from prealign_scale.config import Config, ConfigError, parse_config, save_config
+from prealign_scale.engine.resolve_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DS = str(ROOT / "ds_configs/cpu_zero3.json")
@@ -23,7 +24,7 @@ def data(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps(
-        {"seq_len": 64, "vocab_size": 800, "languages": ["clone", "en"], "eos_id": 1,
+        {"format_version": 1, "seq_len": 64, "vocab_size": 800, "languages": ["clone", "en"], "eos_id": 1,
          "shards": [{"name": f"shard-{i:06d}.tar", "samples": 8} for i in range(4)]}))
     table = tmp_path / "table"
     table.mkdir()
@@ -228,7 +229,7 @@ def test_scale_configs_validate_at_their_cluster_size(tmp_path, data, monkeypatc
 
     preset, world = PRESETS[name], SCALE_CONFIGS[name]
     (data["shards"] / "manifest.json").write_text(json.dumps(
-        {"seq_len": preset.default_seq_len, "vocab_size": 50304, "languages": ["de", "en"], "eos_id": 1,
+        {"format_version": 1, "seq_len": preset.default_seq_len, "vocab_size": 50304, "languages": ["de", "en"], "eos_id": 1,
          "shards": [{"name": f"shard-{i:06d}.tar", "samples": 100} for i in range(128)]}))
     monkeypatch.chdir(ROOT)  # the config's ds_config path is relative to the repository root
     overrides = [f"data.shard_dir={data['shards']}", f"data.table_dir={data['table']}",

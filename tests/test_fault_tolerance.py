@@ -296,10 +296,10 @@ def bad_shard(data, tmp_path_factory):
     shards = tmp_path_factory.mktemp("bad_shards") / "shards"
     shutil.copytree(data["shards"], shards)
     manifest = load_manifest(shards)
-    order = epoch_shard_order(len(manifest["shards"]), seed=1234, epoch=0)  # run.seed of the tiny config
-    path = shards / manifest["shards"][order[1::2][0]]["name"]  # rank 1, one reader (num_workers=0)
+    order = epoch_shard_order(len(manifest.shards), seed=1234, epoch=0)  # run.seed of the tiny config
+    path = shards / manifest.shards[order[1::2][0]]["name"]  # rank 1, one reader (num_workers=0)
     last_good = truncate_shard_inside_sample(path, 3)
-    return {**data, "shards": shards}, path, last_good, int(manifest["shards"][0]["samples"])
+    return {**data, "shards": shards}, path, last_good, int(manifest.shards[0]["samples"])
 
 
 @slow

@@ -31,7 +31,7 @@ class BuildConfig:
     clone_langs: list[str] = field(default_factory=list)  # languages rendered as English-Clone (ids + V)
     include_heldout: bool = False  # also switch the table's held-out words (default: keep them unseen)
     seed: int = 0
-    seq_len: int = 512
+    seq_len: int = 512  # tokens per packed sample; the run config takes it from the manifest (model.seq_len)
     total_tokens: int | None = None  # cap on the mixture's tokens (error if it cannot be met)
     samples_per_shard: int = 1000
     shard_multiple: int = 1  # shard count is a multiple of this (ranks x loader workers)
@@ -122,6 +122,21 @@ class BuildConfig:
                                 "fact_templates": self.fact_templates, "fact_repeats": self.fact_repeats}
             keys[lang] = hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()
         return keys
+
+
+def read_build_yaml(path: str | Path) -> dict:
+    """The BuildConfig keys of a YAML file (``--config build.yaml``), type-checked by the config loader;
+    a missing file, invalid YAML, an unknown key or a wrong type is one BuildError naming ``path:line``."""
+    from prealign_scale.config_loader import ConfigError, fill, read_yaml, where_of
+
+    try:
+        raw, lines = read_yaml(path)
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of BuildConfig keys")
+        return fill(BuildConfig, raw, lambda key: where_of(path, lines, str(key)), quoted=True)
+    except ConfigError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def _input_id(path) -> list[int]:

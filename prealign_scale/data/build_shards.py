@@ -38,7 +38,7 @@ from prealign_scale.data import doc_chunks, packing
 from prealign_scale.data.build_config import BuildConfig, BuildError, check_quotas, prepare
 from prealign_scale.data.shard_format import (
     FORMAT_VERSION,
-    MANIFEST_NAME,
+    Manifest,
     encode_sample,
     sample_key,
     shard_name,
@@ -305,9 +305,9 @@ def build_shards(cfg: BuildConfig, out_dir: str | Path, *, workers: int = 1, wor
     if world.rank == 0:
         manifest = _write_manifest(cfg, out_dir, info)
     manifest = world.bcast(manifest)
-    t = manifest["totals"]
-    return BuildSummary(str(out_dir), len(manifest["shards"]), t["samples"], t["tokens"], t["loss_tokens"],
-                        t["switched_words"], time.perf_counter() - t0, manifest["mixture"])
+    t = manifest.totals
+    return BuildSummary(str(out_dir), len(manifest.shards), t["samples"], t["tokens"], t["loss_tokens"],
+                        t["switched_words"], time.perf_counter() - t0, manifest.mixture)
 
 
 def _on_rank_0(world: World, fn) -> None:
@@ -369,29 +369,29 @@ def _clear_folder(out_dir: Path, keep_langs: set[str]) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _write_manifest(cfg: BuildConfig, out_dir: Path, info: dict) -> dict:
+def _write_manifest(cfg: BuildConfig, out_dir: Path, info: dict) -> Manifest:
     work = out_dir / ".work"
     shards = [json.loads((work / "shards" / f"{s:06d}.json").read_text()) for s in range(info["n_shards"])]
     prepared = prepare(cfg)
     keys = ("samples", "tokens", "loss_tokens", "switched_words")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "build": cfg.to_manifest(),
-        "seed": cfg.seed,
-        "seq_len": cfg.seq_len,
-        "vocab_size": prepared.vocab_size,
-        "vocab_offset": prepared.clone_offset,
-        "eos_id": prepared.eos_id,
-        "pad_id": prepared.pad_id,
-        "languages": info["languages"],
-        "tokenizer_sha256": prepared.tokenizer_sha256,
-        "dictionary_sha256": prepared.dictionary_sha256,
-        "mixture": info["mixture"],
-        "layout": info["layout"],
-        "totals": {k: sum(s[k] for s in shards) for k in keys},
-        "shards": shards,
-    }
-    _write_json(out_dir / MANIFEST_NAME, manifest)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        build=cfg.to_manifest(),
+        seed=cfg.seed,
+        seq_len=cfg.seq_len,
+        vocab_size=prepared.vocab_size,
+        vocab_offset=prepared.clone_offset,
+        eos_id=prepared.eos_id,
+        pad_id=prepared.pad_id,
+        languages=info["languages"],
+        tokenizer_sha256=prepared.tokenizer_sha256,
+        dictionary_sha256=prepared.dictionary_sha256,
+        mixture=info["mixture"],
+        layout=info["layout"],
+        totals={k: sum(s[k] for s in shards) for k in keys},
+        shards=shards,
+    )
+    manifest.write(out_dir)
     return manifest
 
 

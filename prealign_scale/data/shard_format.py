@@ -16,13 +16,18 @@ and four members:
 - ``meta.json``: ``{"langs": [...], "doc_ids": [...], "switched_words": n}``: the language and source
   document id of each segment, and the number of switched words whose first token is in this sample.
 
-``manifest.json`` (next to the shards) holds the build config, hashes, and one record per shard.
+``manifest.json`` (next to the shards) holds the build config, hashes, and one record per shard: the
+:class:`Manifest` below (``write`` / ``read`` / ``validate``), with one list of required fields
+(:data:`MANIFEST_FIELDS`) and of per-shard record fields (:data:`SHARD_RECORD_FIELDS`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,3 +126,95 @@ def decode_sample(d: dict, seq_len: int | None = None) -> Sample:
         got = "missing" if "switched_words" not in meta else f"got {json.dumps(sw)[:60]}"
         raise SampleFormatError(f"{where}: meta.json field 'switched_words' must be an integer >= 0 ({got})")
     return Sample(ids, tgt, seg, meta["langs"], meta["doc_ids"], sw)
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+# The fields every reader relies on (name -> JSON type), and those of each shard record.
+MANIFEST_FIELDS: dict[str, type] = {"format_version": int, "seq_len": int, "vocab_size": int, "languages": list,
+                                    "eos_id": int, "shards": list}
+SHARD_RECORD_FIELDS = ("name", "sha256", "samples", "tokens", "loss_tokens", "switched_words")  # + lang_tokens
+READ_RECORD_FIELDS = ("name", "samples")  # what reading the samples needs (the verifier checks them all)
+
+
+class ManifestError(ValueError):
+    """A manifest.json that is not valid JSON or lacks a field; the message names the file and the field."""
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` of a shard folder (docs/formats.md). The first six fields are required
+    (:data:`MANIFEST_FIELDS`); the rest describe the build and are written by the builder."""
+
+    format_version: int
+    seq_len: int
+    vocab_size: int  # token ids are < vocab_size (tokenizer size, doubled for English-Clone)
+    languages: list[str]  # sorted; a sample's meta.json langs are among these
+    eos_id: int
+    shards: list[dict]  # one record per shard: SHARD_RECORD_FIELDS (+ lang_tokens)
+    vocab_offset: int | None = None  # V of English-Clone (clone id = id + V), 0 without; None: not recorded
+    pad_id: int | None = None
+    seed: int | None = None
+    build: dict | None = None  # the BuildConfig (BuildConfig.to_manifest)
+    tokenizer_sha256: str | None = None
+    dictionary_sha256: str | None = None
+    mixture: dict | None = None
+    layout: dict | None = None
+    totals: dict | None = None  # samples, tokens, loss_tokens, switched_words over all shards
+
+    @staticmethod
+    def problems_of(data: Any, record_fields: tuple[str, ...] = READ_RECORD_FIELDS) -> list[str]:
+        """What keeps a parsed manifest.json from being used: missing or mistyped fields, shard records
+        without `record_fields`. Empty when it is usable."""
+        if not isinstance(data, dict):
+            return ["not a JSON object"]
+        problems = [f"field {key!r} missing or not a {kind.__name__}" for key, kind in MANIFEST_FIELDS.items()
+                    if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool)]
+        for i, rec in enumerate(data.get("shards") if isinstance(data.get("shards"), list) else []):
+            missing = [k for k in record_fields if not isinstance(rec, dict) or k not in rec]
+            if missing:
+                problems.append(f"shards[{i}]: missing field(s) {missing}")
+        return problems
+
+    def validate(self) -> list[str]:
+        """Problems of this manifest (see :meth:`problems_of`) plus the format version; empty when usable."""
+        problems = self.problems_of(self.to_dict())
+        if not problems and self.format_version != FORMAT_VERSION:
+            problems.append(f"format_version {self.format_version}, this code reads {FORMAT_VERSION}")
+        return problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        """The known fields of a parsed manifest.json (extra ones are ignored); no checks (see validate)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @staticmethod
+    def load_json(folder: str | Path) -> Any:
+        """The parsed manifest.json of `folder`: FileNotFoundError when there is none, ManifestError naming
+        the file when it is not valid JSON."""
+        path = Path(folder) / MANIFEST_NAME
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path}: not valid JSON: {exc}") from exc
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Manifest:
+        """Read and check ``folder/manifest.json``: FileNotFoundError when absent, else ManifestError naming the
+        file and the first bad field (``shards/manifest.json: field 'seq_len' missing or not a int``)."""
+        path = Path(folder) / MANIFEST_NAME
+        data = cls.load_json(folder)
+        problems = cls.problems_of(data)
+        if problems:
+            raise ManifestError(f"{path}: {problems[0]}")
+        return cls.from_dict(data)
+
+    def write(self, folder: str | Path) -> None:
+        """Write ``folder/manifest.json`` (sorted keys; to a temporary name, then renamed)."""
+        path = Path(folder) / MANIFEST_NAME
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        tmp.replace(path)

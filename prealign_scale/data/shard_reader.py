@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from prealign_scale.data.shard_format import (
     FORMAT_VERSION,
     IGNORE_INDEX,
     MANIFEST_NAME,
+    Manifest,
     SampleFormatError,
     decode_sample,
 )
@@ -58,7 +58,7 @@ class ShardCorruptError(RuntimeError):
 # --------------------------------------------------------------------------------------------- manifest
 
 
-def load_manifest(shard_dir: str | Path) -> dict:
+def load_manifest(shard_dir: str | Path) -> Manifest:
     """Read and check ``manifest.json`` of a shard folder (the fields the reader relies on)."""
     shard_dir = Path(shard_dir)
     path = shard_dir / MANIFEST_NAME
@@ -66,19 +66,13 @@ def load_manifest(shard_dir: str | Path) -> dict:
         raise FileNotFoundError(
             f"{shard_dir}: no {MANIFEST_NAME} in this folder; is it a shard folder written by build_shards?"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-    for key in ("format_version", "seq_len", "languages", "eos_id", "shards"):
-        if key not in manifest:
-            raise ValueError(f"{path}: missing field {key!r}")
-    if manifest["format_version"] != FORMAT_VERSION:
+    manifest = Manifest.read(shard_dir)  # ManifestError (a ValueError) naming the file and the field
+    if manifest.format_version != FORMAT_VERSION:
         raise ValueError(
-            f"{path}: format_version {manifest['format_version']}, this reader reads {FORMAT_VERSION}"
+            f"{path}: format_version {manifest.format_version}, this reader reads {FORMAT_VERSION}"
         )
-    shards = manifest["shards"]
-    if not isinstance(shards, list) or not shards:
+    shards = manifest.shards
+    if not shards:
         raise ValueError(f"{path}: field 'shards' must be a non-empty list")
     counts = {int(s["samples"]) for s in shards}
     if len(counts) != 1:
@@ -168,7 +162,7 @@ class _ShardStream(IterableDataset):
     def __init__(
         self,
         shard_dir: Path,
-        manifest: dict,
+        manifest: Manifest,
         micro_batch_size: int,
         dp_rank: int,
         dp_world_size: int,
@@ -180,12 +174,12 @@ class _ShardStream(IterableDataset):
         start_batch: int,
     ):
         super().__init__()
-        self.urls = [str(shard_dir / s["name"]) for s in manifest["shards"]]
-        self.samples_per_shard = int(manifest["shards"][0]["samples"])
-        self.seq_len = int(manifest["seq_len"])
-        self.eos_id = int(manifest["eos_id"])
-        self.vocab_size = int(manifest["vocab_size"])
-        self.lang_index = {lang: i for i, lang in enumerate(manifest["languages"])}
+        self.urls = [str(shard_dir / s["name"]) for s in manifest.shards]
+        self.samples_per_shard = int(manifest.shards[0]["samples"])
+        self.seq_len = manifest.seq_len
+        self.eos_id = manifest.eos_id
+        self.vocab_size = manifest.vocab_size
+        self.lang_index = {lang: i for i, lang in enumerate(manifest.languages)}
         self.b, self.dp_rank, self.dp_world_size = micro_batch_size, dp_rank, dp_world_size
         self.seed, self.n_readers, self.shuffle_shards = seed, n_readers, shuffle_shards
         self.skip_corrupt = skip_corrupt
@@ -342,7 +336,7 @@ class ShardLoader:
     """Infinite, exactly resumable iterator of phase-2 micro-batches for one data-parallel rank.
 
     Each batch is a dict: ``input_ids``, ``targets`` (stored next-token targets, used as they are: never
-    shifted), ``segments``, ``token_lang`` (index into ``manifest["languages"]`` of each token's document
+    shifted), ``segments``, ``token_lang`` (index into ``Manifest.languages`` of each token's document
     language), ``position_ids`` (restart at 0 at every document start in a sample): LongTensor [b, s];
     ``doc_ids``: list (per sample) of lists of document ids; ``keys``: sample keys (None for a skipped slot);
     ``skipped``: number of padding rows that replace unreadable samples (only with ``skip_corrupt``).
@@ -382,7 +376,7 @@ class ShardLoader:
         self.seed, self.num_workers, self.prefetch_factor = seed, num_workers, prefetch_factor
         self.shuffle_shards, self.skip_corrupt, self.pin_memory = shuffle_shards, skip_corrupt, pin_memory
         self.n_readers = max(1, num_workers)
-        n_shards = len(self.manifest["shards"])
+        n_shards = len(self.manifest.shards)
         readers = dp_world_size * self.n_readers
         if n_shards % readers:
             need = -(-n_shards // readers) * readers
@@ -391,7 +385,7 @@ class ShardLoader:
                 f"max(1, num_workers={num_workers}) = {readers} readers; the shard count must be a multiple of "
                 f"{readers} (e.g. {need}): rebuild the shards or change num_workers"
             )
-        self.samples_per_shard = int(self.manifest["shards"][0]["samples"])
+        self.samples_per_shard = int(self.manifest.shards[0]["samples"])
         self.batches_per_reader = (n_shards // readers) * self.samples_per_shard // micro_batch_size
         if self.batches_per_reader < 1:
             raise ValueError(
@@ -402,7 +396,7 @@ class ShardLoader:
 
     @property
     def languages(self) -> list[str]:
-        return list(self.manifest["languages"])
+        return list(self.manifest.languages)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -415,7 +409,7 @@ class ShardLoader:
             "dp_world_size": self.dp_world_size,
             "readers": self.n_readers,
             "micro_batch_size": self.micro_batch_size,
-            "shards": len(self.manifest["shards"]),
+            "shards": len(self.manifest.shards),
             "samples_per_shard": self.samples_per_shard,
             "shuffle_shards": self.shuffle_shards,
         }

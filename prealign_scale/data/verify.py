@@ -11,7 +11,6 @@ record's counts (samples, tokens, loss_tokens, switched_words, lang_tokens).
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,9 @@ import numpy as np
 from prealign_scale.data.shard_format import (
     IGNORE_INDEX,
     MANIFEST_NAME,
+    SHARD_RECORD_FIELDS,
+    Manifest,
+    ManifestError,
     SampleFormatError,
     decode_sample,
     sample_key,
@@ -73,44 +75,27 @@ def iter_tar_samples(path: Path):
 def verify_shards(folder: str | Path) -> VerifyReport:
     folder = Path(folder)
     report = VerifyReport(str(folder))
-    mpath = folder / MANIFEST_NAME
     try:
-        manifest = json.loads(mpath.read_text())
+        data = Manifest.load_json(folder)
     except FileNotFoundError:
         report.add(MANIFEST_NAME, "missing: not a finished shard build (run data_tools/build_shards.py)")
         return report
-    except json.JSONDecodeError as exc:
-        report.add(MANIFEST_NAME, f"not valid JSON: {exc}")
+    except ManifestError as exc:
+        report.add(MANIFEST_NAME, f"not valid JSON: {exc.__cause__}")
         return report
-    bad = _manifest_problems(manifest)
+    bad = Manifest.problems_of(data, SHARD_RECORD_FIELDS)
     if bad:
-        report.add(MANIFEST_NAME, bad)
+        report.add(MANIFEST_NAME, bad[0])
         return report
-    seq_len, vocab, languages = int(manifest["seq_len"]), int(manifest["vocab_size"]), set(manifest["languages"])
-    listed = {s["name"] for s in manifest["shards"]}
+    manifest = Manifest.from_dict(data)
+    seq_len, vocab, languages = manifest.seq_len, manifest.vocab_size, set(manifest.languages)
+    listed = {s["name"] for s in manifest.shards}
     for extra in sorted(p.name for p in folder.glob("shard-*.tar") if p.name not in listed):
         report.add(extra, "not listed in the manifest")
-    for index, rec in enumerate(manifest["shards"]):
+    for index, rec in enumerate(manifest.shards):
         report.shards_checked += 1
         _verify_one(folder, index, rec, seq_len, vocab, languages, report)
     return report
-
-
-_RECORD_FIELDS = ("name", "sha256", "samples", "tokens", "loss_tokens", "switched_words")  # lang_tokens: if there
-
-
-def _manifest_problems(manifest) -> str | None:
-    """What keeps the manifest from being checked against (None: usable)."""
-    if not isinstance(manifest, dict):
-        return "not a JSON object"
-    for key, kind in (("seq_len", int), ("vocab_size", int), ("languages", list), ("shards", list)):
-        if not isinstance(manifest.get(key), kind):
-            return f"field {key!r} missing or not a {kind.__name__}"
-    for i, rec in enumerate(manifest["shards"]):
-        missing = [k for k in _RECORD_FIELDS if not isinstance(rec, dict) or k not in rec]
-        if missing:
-            return f"shards[{i}]: missing field(s) {missing}"
-    return None
 
 
 def _verify_one(folder: Path, index: int, rec: dict, seq_len: int, vocab: int, languages: set[str],

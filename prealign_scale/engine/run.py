@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from prealign_scale import dist as pdist
-from prealign_scale.config import Config, save_config, tp_size
+from prealign_scale.config import Config, save_config
 from prealign_scale.engine.callbacks import MetricsFile, Preemption, TensorBoard
 from prealign_scale.engine.checkpoint import (
     PHASE_ORDER,
@@ -35,6 +35,7 @@ from prealign_scale.engine.checkpoint import (
 )
 from prealign_scale.engine.loop import Loggers, LoopState, StepBudget, train_phase
 from prealign_scale.engine.probe_callback import make_probe
+from prealign_scale.engine.resolve_config import tp_size
 from prealign_scale.engine.run_folder import mark_finished
 
 

@@ -40,10 +40,10 @@ def iter_shard_samples(shard_dir: str | Path) -> Iterator[Sample]:
 
     folder = Path(shard_dir)
     manifest = load_manifest(folder)
-    for rec in manifest["shards"]:
+    for rec in manifest.shards:
         for raw in iter_tar_samples(folder / rec["name"]):
             try:
-                yield decode_sample(raw, int(manifest["seq_len"]))
+                yield decode_sample(raw, manifest.seq_len)
             except (KeyError, TypeError) as exc:
                 raise SampleFormatError(f"{raw.get('__url__')}: sample {raw.get('__key__')}: bad meta.json: "
                                         f"{exc!r}") from exc

@@ -16,7 +16,6 @@ manifest's ``vocab_offset`` named by the run's config.yaml, else from the model 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ import yaml
 
 from prealign_scale.alignment.clone import CLONE, EN
 from prealign_scale.alignment.table import AlignmentTable
+from prealign_scale.config_loader import ConfigError, fill, read_yaml, where_of
+from prealign_scale.data.shard_format import MANIFEST_NAME, Manifest
 from prealign_scale.eval import knowledge, lm_eval, probe, retrieval, transfer
 from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.model_view import HFModelView, load_hf_model
@@ -44,7 +45,9 @@ class EvalConfig:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 32
-    max_len: int = 256  # tokens per text window / sentence / passage
+    # tokens per text window / sentence / passage of the evaluators (not the training seq_len, which is the
+    # shard manifest's, else the preset's default_seq_len)
+    max_len: int = 256
     seed: int = 0
     shipped_sets: bool = False  # fill unset facts / transfer / retrieval inputs with data/eval's sets
     # language modelling
@@ -77,36 +80,29 @@ class EvalConfig:
     probe_layer: str = "final_norm"  # the linear probe's reported layer
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "eval config") -> EvalConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
-                raise ValueError(f"{where}: unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    def from_dict(cls, d: dict, where: str = "eval config", lines: dict | None = None) -> EvalConfig:
+        """An EvalConfig from a mapping of its keys, type-checked (config_loader); an unknown key or a bad
+        value is one ValueError naming `where` (``file:line`` when `lines`, the YAML line map, is given)."""
+        values = fill(cls, d, lambda key: where if lines is None else where_of(where, lines, str(key)), quoted=True)
         for key in ("probe_pairs", "retrieval"):
-            for i, item in enumerate(d.get(key) or []):
+            for i, item in enumerate(values.get(key) or []):
                 missing = {"path", "src_lang", "tgt_lang"} - set(item)
                 if missing:
                     raise ValueError(f"{where}: {key}[{i}] misses {sorted(missing)}")
-        return cls(**d)
+        return cls(**values)
 
     @classmethod
     def load(cls, path: str | Path) -> EvalConfig:
         """Read a YAML file of eval config keys; a missing file, invalid YAML (named ``path:line``) or an
         unknown key raises ValueError / EvalInputError with one message."""
-        p = Path(path)
-        if not p.is_file():
-            raise EvalInputError(f"{p}: no such eval config file")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise EvalInputError(f"{where}: not valid YAML: {what}") from None
+            d, lines = read_yaml(path, "no such eval config file")
+        except ConfigError as exc:
+            raise EvalInputError(str(exc)) from None
+        d = {} if d is None else d
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a mapping of eval config keys")  # noqa: TRY004 (bad file)
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(d, str(path), lines)
 
 
 def with_shipped_sets(cfg: EvalConfig, clone: bool = True) -> EvalConfig:
@@ -154,10 +150,10 @@ def _vocab_offset_of(run_cfg: dict, run_dir: Path) -> int | None:
         if "vocab_offset" in meta:
             return int(meta["vocab_offset"])
     shards = _resolve(data.get("shard_dir"), run_dir)
-    if shards is not None and (shards / "manifest.json").is_file():
-        manifest = json.loads((shards / "manifest.json").read_text())
-        if "vocab_offset" in manifest:
-            return int(manifest["vocab_offset"])
+    if shards is not None and (shards / MANIFEST_NAME).is_file():
+        manifest = Manifest.read(shards)
+        if manifest.vocab_offset is not None:
+            return manifest.vocab_offset
     return None
 
 

@@ -31,7 +31,7 @@ STAGES = {"init": "init", "phase1": "after phase 1"}  # stage key -> column titl
 def phase1_setups(sweep_path: str) -> list[dict]:
     """``[{"name", "runs", "config", "overrides", "align_steps"}]``: the sweep's distinct phases 1, in sweep
     order. Two runs share one when their resolved model, align section, seed, table and tokenizer agree."""
-    from prealign_scale.config import load_config
+    from prealign_scale.engine.resolve_config import load_config
 
     setups: dict[str, dict] = {}
     labels_of: dict[str, list[dict]] = {}

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prealign_scale.config_loader import yaml_lines  # the one YAML line map (file:line in every message)
+
 LABEL_RE = re.compile(r"^[A-Za-z0-9.+-]+$")
 AXIS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 SWEEP_KEYS = ("config", "out_root", "overrides", "axes", "exclude", "sbatch")
@@ -96,22 +98,6 @@ class SweepConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # reading
-
-
-def _lines(node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Path of keys/indices -> 1-based line, for every node of a composed YAML document."""
-    import yaml
-
-    out = {prefix: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = prefix + (str(k.value),)
-            out.update(_lines(v, key))
-            out[key] = k.start_mark.line + 1  # a key's own line, not its value's
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out.update(_lines(v, prefix + (i,)))
-    return out
 
 
 def _override_list(value: Any, where: str, what: str) -> tuple[str, ...]:
@@ -206,7 +192,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
         raise SweepError(f"{path}: not valid YAML: {exc}") from None
-    return parse_sweep(raw, str(path), _lines(root) if root is not None else {})
+    return parse_sweep(raw, str(path), yaml_lines(root))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from prealign_scale import dist as pdist
-from prealign_scale.config import load_config
+from prealign_scale.engine.resolve_config import load_config
 
 
 def full_weights_and_grads(engine) -> tuple[dict, dict]:

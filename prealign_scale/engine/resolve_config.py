@@ -1,0 +1,222 @@
+"""Resolution of a run config: read the files it names and return a NEW Config with the derived values.
+
+`load_config(path, overrides, world_size=...)` is what the launchers call before any process group starts:
+
+1. parse and type-check (prealign_scale.config.parse_config);
+2. the pure value checks (prealign_scale.config.check_values): the first problem is the ConfigError;
+3. resolution (`resolve_config`): the model preset (tensor-parallel default and split, Transformer Engine),
+   the DeepSpeed config (no batch keys), the shard manifest (data/shard_format.Manifest), the alignment
+   table's meta.json, the tokenizer folder and ``model.init_hf``. Derived values (model.tp, model.vocab_size,
+   model.seq_len, align/lm grad_accum) go into a new Config (``dataclasses.replace``); the input is unchanged.
+
+The default of each derived value lives where its source is: tp in the preset (default_tp), seq_len in the
+shard manifest (else the preset's default_seq_len), vocab_size in the manifest / table meta / init_hf folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from prealign_scale.config import Config, ConfigError, check_values, choice_problem, parse_config
+from prealign_scale.data.shard_format import MANIFEST_NAME, Manifest, ManifestError
+from prealign_scale.model.presets import PRESETS, ModelPreset, get_preset
+
+DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def tp_size(cfg: Config) -> int:
+    """model.tp, or the preset's default_tp while it is null (a Config built in code, not through load_config)."""
+    if cfg.model.tp is not None:
+        return cfg.model.tp
+    return get_preset(cfg.model.preset).default_tp
+
+
+def _fail(key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{key}: {msg}")
+
+
+def read_json(path: Path, key: str) -> dict:
+    """A JSON object file named by config key `key` (ConfigError naming the key and the file)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _fail(key, f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise _fail(key, f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _fail(key, f"{path}: expected a JSON object")
+    return data
+
+
+def read_manifest(shard_dir: str) -> Manifest:
+    """The shard manifest of data.shard_dir (ConfigError naming data.shard_dir and the file / field)."""
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise _fail("data.shard_dir", f"{path}: no such file")
+    try:
+        return Manifest.read(shard_dir)
+    except ManifestError as exc:
+        raise _fail("data.shard_dir", str(exc)) from None
+
+
+def _resolve_accum(key_prefix: str, per_rank: int, accum: int | None, global_batch: int | None,
+                   dp: int, per_rank_key: str, global_key: str) -> int:
+    """grad_accum from the global batch: global = per_rank * grad_accum * dp must hold exactly."""
+    if global_batch is None:
+        return 1 if accum is None else accum
+    unit = per_rank * dp
+    if global_batch % unit:
+        raise _fail(f"{key_prefix}.{global_key}", f"{global_batch} is not divisible by {per_rank_key} x "
+                    f"data-parallel size = {per_rank} x {dp} = {unit}")
+    derived = global_batch // unit
+    if accum is not None and accum != derived:
+        raise _fail(f"{key_prefix}.grad_accum", f"{accum} disagrees with {key_prefix}.{global_key}={global_batch} "
+                    f"(= {per_rank} x {dp} ranks x {derived}); set only one of them")
+    return derived
+
+
+def _check_tp_split(preset: ModelPreset, tp: int, origin: str) -> None:
+    """megatron splits the attention heads, the key/value groups and the FFN width over the TP ranks."""
+    sizes = {"num_attention_heads": preset.num_attention_heads, "num_query_groups": preset.num_query_groups,
+             "ffn_hidden_size": preset.ffn_hidden_size}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v % tp]
+    if bad:
+        common = math.gcd(*sizes.values())
+        ok = ", ".join(str(t) for t in range(1, common + 1) if common % t == 0)
+        raise _fail("model.tp", f"{tp}{origin} cannot split preset {preset.name!r}: {', '.join(bad)} not divisible "
+                    f"by {tp} (tensor parallelism splits the heads, query groups and FFN width); use one of {ok}")
+
+
+def _check_init_hf(folder: str, preset: ModelPreset) -> int:
+    """The vocab size of the HF folder `model.init_hf`, after checking it matches `preset` (ConfigError)."""
+    from prealign_scale.model.hf_convert import check_hf_folder
+
+    try:
+        return check_hf_folder(folder, preset)
+    except (OSError, ValueError) as exc:
+        raise _fail("model.init_hf", str(exc)) from None
+
+
+def resolve_config(cfg: Config, world_size: int = 1) -> Config:
+    """Check `cfg` against the model presets and the files it names; return a new Config with model.tp,
+    model.vocab_size, model.seq_len and both grad_accum filled in (ConfigError naming the key)."""
+    problem = choice_problem("model.preset", cfg.model.preset, tuple(PRESETS))
+    if problem:
+        raise ConfigError(problem)
+    if cfg.model.attention == "te":
+        from prealign_scale.model.builder import transformer_engine_available
+
+        if not transformer_engine_available():
+            raise _fail("model.attention", "'te' needs Transformer Engine (import transformer_engine.pytorch "
+                        "failed); build the image with --build-arg TE_VERSION=<x.y> or use 'sdpa'")
+    # Tensor parallelism: null takes the preset's default_tp (2 for 13b, 8 for 70b, else 1).
+    preset = PRESETS[cfg.model.preset]
+    tp, tp_origin = cfg.model.tp, ""
+    if tp is None:
+        tp = preset.default_tp
+        tp_origin = f" (the default_tp of preset {preset.name!r}; set model.tp to choose another)"
+    _check_tp_split(preset, tp, tp_origin)
+    if cfg.lm.lm_loss_impl != "megatron" and tp > 1:
+        raise _fail("lm.lm_loss_impl", f"{cfg.lm.lm_loss_impl!r} needs model.tp=1 (got {tp}{tp_origin}); "
+                    "use megatron")
+    if world_size % tp:
+        raise _fail("model.tp", f"{tp}{tp_origin} does not divide the world size {world_size}")
+    dp = world_size // tp
+
+    # Files. Paths are relative to the working directory (the repository root for the shipped configs).
+    ds_path = Path(cfg.run.ds_config)
+    ds = read_json(ds_path, "run.ds_config")
+    for k in DS_BATCH_KEYS:
+        if k in ds and ds[k] != "auto":
+            raise _fail("run.ds_config", f"{ds_path}: {k}={ds[k]!r}: batch sizes come from the align/lm sections "
+                        "of the experiment config; remove the key or set it to \"auto\"")
+    vocab_sources: dict[str, int] = {}
+    manifest = None
+    if "lm" in cfg.phases():
+        if cfg.data.shard_dir is None:
+            raise _fail("data.shard_dir", "required for phase lm (lm.steps > 0)")
+        manifest = read_manifest(cfg.data.shard_dir)
+        vocab_sources[f"data.shard_dir ({MANIFEST_NAME})"] = manifest.vocab_size
+        n_shards = len(manifest.shards)
+        if n_shards % dp:
+            raise _fail("data.shard_dir", f"{n_shards} shards are not divisible by the data-parallel size {dp}; "
+                        "rebuild the shards with a multiple of it (ranks would see unequal sample counts)")
+        readers = dp * max(1, cfg.data.num_workers)
+        if n_shards % readers:
+            raise _fail("data.num_workers", f"{cfg.data.num_workers} workers x {dp} data-parallel ranks = {readers} "
+                        f"readers do not divide the {n_shards} shards of {cfg.data.shard_dir}; use fewer workers")
+    if "align" in cfg.phases():
+        if cfg.data.table_dir is None:
+            raise _fail("data.table_dir", "required for phase align (align.steps > 0)")
+        if not (Path(cfg.data.table_dir) / "entries.jsonl").is_file():
+            raise _fail("data.table_dir", f"{cfg.data.table_dir}: no alignment table here (no entries.jsonl)")
+        meta_path = Path(cfg.data.table_dir) / "meta.json"
+        meta = read_json(meta_path, "data.table_dir") if meta_path.is_file() else {}
+        if meta.get("vocab_size") is not None:
+            vocab_sources["data.table_dir (meta.json)"] = int(meta["vocab_size"])
+    if cfg.run.export_hf:
+        tok = cfg.data.tokenizer_dir
+        if tok is None or not (Path(tok) / "tokenizer.json").is_file():
+            raise _fail("data.tokenizer_dir", f"{tok}: no tokenizer.json (needed by run.export_hf=true; "
+                        "set data.tokenizer_dir or run.export_hf=false)")
+
+    # Derived sizes.
+    hf_vocab = _check_init_hf(cfg.model.init_hf, preset) if cfg.model.init_hf is not None else None
+    vocab = cfg.model.vocab_size
+    if vocab is None:
+        if hf_vocab is not None:  # the checkpoint fixes the embedding rows
+            vocab = hf_vocab
+        elif not vocab_sources:
+            raise _fail("model.vocab_size", "null, and no shard manifest or table meta.json gives a vocab_size")
+        else:
+            vocab = max(vocab_sources.values())
+    for src, v in vocab_sources.items():
+        if v > vocab:
+            origin = f" (the vocab_size of model.init_hf={cfg.model.init_hf})" if hf_vocab is not None else ""
+            raise _fail("model.vocab_size", f"{vocab}{origin} is smaller than the vocab_size {v} of {src}")
+    if hf_vocab is not None:
+        from prealign_scale.model.builder import pad_vocab_size
+
+        rows = vocab if tp == 1 else pad_vocab_size(vocab, tp, 1)
+        if rows != hf_vocab:
+            padded = f", padded to a multiple of model.tp={tp}" if rows != vocab else ""
+            raise _fail("model.init_hf", f"{cfg.model.init_hf}/config.json: vocab_size={hf_vocab} differs from the "
+                        f"model's {rows} embedding rows (model.vocab_size={vocab}{padded}); set "
+                        f"model.vocab_size=null to take the checkpoint's")
+    seq_len = cfg.model.seq_len
+    if manifest is not None:
+        if seq_len is not None and seq_len != manifest.seq_len:
+            raise _fail("model.seq_len", f"{seq_len} differs from the shards' seq_len {manifest.seq_len} "
+                        f"({cfg.data.shard_dir}/{MANIFEST_NAME}); set it to null")
+        seq_len = manifest.seq_len
+    elif seq_len is None:
+        seq_len = preset.default_seq_len
+    align_accum = _resolve_accum("align", cfg.align.entries_per_rank, cfg.align.grad_accum,
+                                 cfg.align.global_entries, dp, "align.entries_per_rank", "global_entries")
+    lm_accum = _resolve_accum("lm", cfg.lm.micro_batch_size, cfg.lm.grad_accum,
+                              cfg.lm.global_batch_size, dp, "lm.micro_batch_size", "global_batch_size")
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, tp=tp, vocab_size=vocab, seq_len=seq_len),
+        data=dataclasses.replace(cfg.data),
+        align=dataclasses.replace(cfg.align, grad_accum=align_accum),
+        lm=dataclasses.replace(cfg.lm, grad_accum=lm_accum),
+        run=dataclasses.replace(cfg.run),
+        dist=dataclasses.replace(cfg.dist),
+    )
+
+
+def validate(cfg: Config, world_size: int = 1) -> Config:
+    """The value checks, then the resolution: a new, resolved Config (ConfigError with the first problem)."""
+    problems = check_values(cfg)
+    if problems:
+        raise ConfigError(problems[0])
+    return resolve_config(cfg, world_size)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), *, world_size: int = 1) -> Config:
+    """Parse, type-check, validate and resolve a run configuration (raises ConfigError)."""
+    return validate(parse_config(path, overrides), world_size=world_size)
