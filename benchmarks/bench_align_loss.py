@@ -36,7 +36,8 @@ from memtime import measure, run_worker
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from prealign_scale.kernels.align_loss import alignment_loss
+    from prealign_scale.alignment.loss import alignment_loss
+    from prealign_scale.config import AlignConfig
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -46,7 +47,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     def step(vectors, ids) -> float:
         v = vectors.detach().requires_grad_()
-        loss, _ = alignment_loss(v, ids, 0.1, impl=args.impl, block_size=block)
+        loss, _ = alignment_loss(v, ids, tau=AlignConfig().tau, impl=args.impl, block_size=block)
         loss.backward()
         return float(loss)
 

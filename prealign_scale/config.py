@@ -36,7 +36,7 @@ import yaml
 
 from prealign_scale.config_loader import ConfigError, load_tree
 
-ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.kernels.align_loss
+ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.alignment.loss.IMPLS
 LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
 PHASES = ("all", "align", "lm")
 ATTENTION_IMPLS = ("auto", "sdpa", "te")  # prealign_scale.model.builder.layer_spec

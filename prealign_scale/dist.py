@@ -1,4 +1,5 @@
-"""Rank discovery and process-group start: the only module that reads rank environment variables.
+"""Rank discovery, process-group start, and the sum over a group the phases share: the only module that
+reads rank environment variables.
 
 Supported launchers (first match wins):
 
@@ -242,3 +243,12 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_reduce_sum(t, group=None):
+    """Sum of the tensor `t` over the process group (a new tensor; `t` is not modified)."""
+    import torch.distributed as dist
+
+    out = t.detach().clone()
+    dist.all_reduce(out, group=group)
+    return out

@@ -1,8 +1,10 @@
 """The contrastive alignment loss (METHOD.md §2): reference, chunked PyTorch and Triton implementations.
 
-Oracle chain: a python-loop brute force  ->  alignment.loss (naive, autograd)  ->  kernels (chunked, Triton).
-The Triton kernels run under TRITON_INTERPRET=1 in a subprocess (the variable must be set before the kernel
-module is imported): `test_triton_kernels_under_interpreter` runs this file as a script.
+Oracle chain: a python-loop brute force  ->  alignment.loss (naive, autograd)  ->  kernels (chunked, Triton),
+all reached through the dispatch of alignment.loss; then the distributed objective (alignment.objective) on
+fake ranks and on 2 gloo ranks. The Triton kernels run under TRITON_INTERPRET=1 in a subprocess (the variable
+must be set before the kernel module is imported): `test_triton_kernels_under_interpreter` runs this file as a
+script.
 """
 
 from __future__ import annotations
@@ -11,22 +13,24 @@ import math
 import os
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 
 from prealign_scale.alignment.loss import (
+    NORM_EPS,
+    alignment_loss,
+    alignment_loss_rows,
     contrastive_alignment_loss,
     contrastive_alignment_loss_rows,
     positive_cosine,
-)
-from prealign_scale.kernels.align_loss import (
-    alignment_loss,
-    alignment_loss_rows,
-    positive_counts,
     resolve_impl,
 )
+from prealign_scale.kernels import align_loss as blockwise
+from prealign_scale.kernels.align_loss import positive_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU = 0.1
@@ -96,7 +100,7 @@ def test_reference_matches_brute_force(L, N, H, seed):
     vectors, ids = make_batch(L, N, H, seed=seed)
     if N == 2:
         ids = torch.tensor([5, 5])
-    mean, per_layer = contrastive_alignment_loss(vectors, ids, TAU)
+    mean, per_layer = contrastive_alignment_loss(vectors, ids, tau=TAU)
     expected = brute_force(vectors, ids)
     torch.testing.assert_close(per_layer, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
     assert mean.item() == pytest.approx(sum(expected) / L, abs=1e-12)
@@ -110,7 +114,7 @@ def test_release_formula_differs_from_ours_on_a_toy_batch():
         dtype=torch.float64,
     )
     ids = torch.tensor([0, 0, 1, 1, 2, 2, 3])
-    ours = contrastive_alignment_loss(vectors, ids, TAU)[0].item()
+    ours = contrastive_alignment_loss(vectors, ids, tau=TAU)[0].item()
     assert ours == pytest.approx(brute_force(vectors, ids)[0], abs=1e-12)
     buggy = release_formula(vectors, ids).item()
     # METHOD.md §6 reports 5.73 vs 1.21 on the authors' (unpublished) toy batch; here 0.727 vs 0.114.
@@ -127,15 +131,15 @@ def test_release_formula_differs_from_ours_on_a_toy_batch():
 def test_rows_without_positive_are_skipped_and_all_singletons_raise():
     vectors, _ = make_batch(2, 6, 4, seed=3)
     ids = torch.tensor([1, 2, 1, 3, 4, 5])  # only rows 0 and 2 have a positive
-    sums, count = contrastive_alignment_loss_rows(vectors, vectors, ids, ids, 0, TAU)
+    sums, count = contrastive_alignment_loss_rows(vectors, vectors, ids, ids, 0, tau=TAU)
     assert int(count) == 2
     # Rows 0 and 2 (with all 6 words as candidates) make the loss; the brute force skips the same rows.
     expected = brute_force(vectors, ids)
     torch.testing.assert_close(sums / 2, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="no word has a positive"):
-        contrastive_alignment_loss(vectors, torch.arange(6), TAU)
+        contrastive_alignment_loss(vectors, torch.arange(6), tau=TAU)
     with pytest.raises(ValueError, match="no word has a positive"):
-        alignment_loss(vectors, torch.arange(6), TAU, impl="chunked")
+        alignment_loss(vectors, torch.arange(6), tau=TAU, impl="chunked")
 
 
 def test_positive_cosine_matches_pairwise_loop():
@@ -194,7 +198,7 @@ def test_impl_selection():
 # --------------------------------------------------------------------------- chunked vs the reference
 def loss_and_grad(impl: str, vectors: torch.Tensor, ids: torch.Tensor, block_size=None):
     v = vectors.detach().clone().requires_grad_()
-    mean, per_layer = alignment_loss(v, ids, TAU, impl=impl, block_size=block_size)
+    mean, per_layer = alignment_loss(v, ids, tau=TAU, impl=impl, block_size=block_size)
     # A non-uniform upstream gradient over layers exercises the per-layer scaling of the backward.
     weights = torch.linspace(0.5, 1.5, per_layer.numel(), dtype=per_layer.dtype)
     (grad,) = torch.autograd.grad(mean + (per_layer * weights).sum(), v)
@@ -220,6 +224,7 @@ def test_chunked_matches_reference_with_a_zero_vector():
     """A zero vector normalises to zero (as F.normalize); both paths give the same finite gradients."""
     vectors, ids = make_batch(2, 12, 5, seed=13)
     vectors[:, 3] = 0.0
+    assert blockwise.NORM_EPS == NORM_EPS  # the kernels keep their own copy of the clamp
     ref = loss_and_grad("naive", vectors, ids)
     got = loss_and_grad("chunked", vectors, ids, 5)
     assert all(torch.isfinite(t).all() for t in got)
@@ -252,7 +257,7 @@ def test_chunked_rows_match_reference_rows_with_separate_tensors():
     results = []
     for impl in ("naive", "chunked"):
         q, k = local.clone().requires_grad_(), vectors.clone().requires_grad_()
-        sums, count = alignment_loss_rows(q, k, ids[off:off + n], ids, off, TAU, impl=impl, block_size=4)
+        sums, count = alignment_loss_rows(q, k, ids[off:off + n], ids, off, tau=TAU, impl=impl, block_size=4)
         (sums * torch.tensor([0.7, 1.3], dtype=sums.dtype)).sum().backward()
         results.append((sums.detach(), int(count), q.grad, k.grad))
     (s0, c0, q0, k0), (s1, c1, q1, k1) = results
@@ -264,11 +269,11 @@ def test_chunked_rows_match_reference_rows_with_separate_tensors():
 def test_chunked_gradcheck_fp64():
     vectors, ids = make_batch(2, 9, 4, seed=9)
     v = vectors.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: alignment_loss(x, ids, TAU, impl="chunked", block_size=4)[1],
+    assert torch.autograd.gradcheck(lambda x: alignment_loss(x, ids, tau=TAU, impl="chunked", block_size=4)[1],
                                     (v,), eps=1e-6, atol=1e-7)
     q = vectors[:, 2:6].clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b: alignment_loss_rows(a, b, ids[2:6], ids, 2, TAU, impl="chunked", block_size=3)[0],
+        lambda a, b: alignment_loss_rows(a, b, ids[2:6], ids, 2, tau=TAU, impl="chunked", block_size=3)[0],
         (q, v), eps=1e-6, atol=1e-7)
 
 
@@ -292,7 +297,7 @@ def test_chunked_never_materialises_n_by_n():
         MaxNumel.largest = 0
         v = vectors.clone().requires_grad_()
         with MaxNumel():
-            alignment_loss(v, ids, TAU, impl=impl, block_size=block)[0].backward()
+            alignment_loss(v, ids, tau=TAU, impl=impl, block_size=block)[0].backward()
         assert MaxNumel.largest == bound, (impl, MaxNumel.largest)  # chunked: inputs; naive: the logits
 
 
@@ -313,7 +318,8 @@ def test_fake_ranks_reproduce_single_process_loss_and_grads(impl, split):
     for n in sizes:
         local = vectors[:, off:off + n].clone().requires_grad_()
         gathered = vectors.clone().requires_grad_()
-        s, c = alignment_loss_rows(local, gathered, ids[off:off + n], ids, off, TAU, impl=impl, block_size=5)
+        s, c = alignment_loss_rows(local, gathered, ids[off:off + n], ids, off, tau=TAU, impl=impl,
+                                   block_size=5)
         local_leaves.append(local), gathered_leaves.append(gathered), sums.append(s), counts.append(c)
         off += n
     total = sum(int(c) for c in counts)
@@ -331,39 +337,73 @@ def test_fake_ranks_reproduce_single_process_loss_and_grads(impl, split):
 
 
 def _gloo_worker(rank: int, world: int, init_file: str, impl: str) -> None:
+    """One rank of the 2-rank check: the alignment objective's gather, rows and global normalisation."""
     import torch.distributed as dist
 
-    from prealign_scale.kernels.align_loss import distributed_alignment_loss
+    from prealign_scale.alignment.objective import global_layer_losses, rank_alignment_rows
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     try:
         vectors, ids = make_batch(2, 19, 6, seed=12)
         sizes = [7, 12]  # unequal rows per rank: the gather pads and trims
         off, n = sum(sizes[:rank]), sizes[rank]
         v = vectors.clone().requires_grad_()
-        ref_mean, ref_layers = contrastive_alignment_loss(v, ids, TAU)
+        ref_mean, ref_layers = contrastive_alignment_loss(v, ids, tau=TAU)
         (ref_grad,) = torch.autograd.grad(ref_mean, v)
 
         local = vectors[:, off:off + n].clone().requires_grad_()
-        share, global_mean, global_layers = distributed_alignment_loss(local, ids[off:off + n], TAU,
-                                                                       impl=impl, block_size=4)
+        rows = rank_alignment_rows(local, ids[off:off + n], tau=TAU, impl=impl, block_size=4)
+        share = rows.share()
         share.backward()
+        global_layers = global_layer_losses(rows.sums.detach()[None], rows.count_all[None])  # one micro-batch
+        global_mean = global_layers.mean()
         torch.testing.assert_close(global_mean, ref_mean.detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(global_layers, ref_layers.detach(), rtol=1e-12, atol=1e-12)
         total_share = share.detach().clone()
         dist.all_reduce(total_share)
         torch.testing.assert_close(total_share, ref_mean.detach(), rtol=1e-12, atol=1e-12)
-        # all_gather's backward sums the ranks' gradients: each rank's words get the single-process gradient.
+        # The gather's backward sums the ranks' gradients: each rank's words get the single-process gradient.
         torch.testing.assert_close(local.grad, ref_grad[:, off:off + n], rtol=1e-10, atol=1e-12)
     finally:
+        # Both ranks leave their last collective before either tears down (a rank that destroys its group
+        # while the peer still talks to it can abort the peer inside gloo).
+        dist.barrier()
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_distributed_alignment_loss_two_gloo_ranks(tmp_path):
-    import torch.multiprocessing as mp
+def _gloo_rank(rank: int, world: int, init_file: str, impl: str, err_dir: str) -> None:
+    """Process entry point: run the rank, and leave its traceback in err_dir/rank<r>.txt if it fails."""
+    import traceback
 
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "pg_init"), "chunked"), nprocs=2, join=True)
+    try:
+        _gloo_worker(rank, world, init_file, impl)
+    except BaseException:
+        Path(err_dir, f"rank{rank}.txt").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.mark.slow
+def test_alignment_objective_two_gloo_ranks(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    world, deadline_s = 2, 240
+    procs = [ctx.Process(target=_gloo_rank, args=(r, world, str(tmp_path / "pg_init"), "chunked", str(tmp_path)))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    start = time.monotonic()
+    for p in procs:
+        p.join(timeout=max(1.0, deadline_s - (time.monotonic() - start)))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:  # only on a hang: end the ranks this test started
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=10)
+    errors = "".join(f.read_text() for f in sorted(tmp_path.glob("rank*.txt")))
+    assert not hung, f"ranks {hung} still running after {deadline_s} s\n{errors}"
+    assert [p.exitcode for p in procs] == [0] * world, errors
 
 
 # ------------------------------------------------------------------------------ Triton (interpreter)
@@ -393,7 +433,7 @@ def _triton_checks() -> None:
     results = []
     for impl in ("naive", "triton"):
         q, k = vectors[:, off:off + n].clone().requires_grad_(), vectors.clone().requires_grad_()
-        sums, count = alignment_loss_rows(q, k, ids[off:off + n], ids, off, TAU, impl=impl, block_size=16)
+        sums, count = alignment_loss_rows(q, k, ids[off:off + n], ids, off, tau=TAU, impl=impl, block_size=16)
         (sums * torch.tensor([0.7, 1.3], dtype=sums.dtype)).sum().backward()
         results.append((sums.detach(), q.grad, k.grad, int(count)))
     for a, b in zip(results[0], results[1]):
@@ -404,7 +444,7 @@ def _triton_checks() -> None:
     # fp64 gradcheck of the Triton path (the accumulator dtype is a tl.constexpr).
     vectors, ids = make_batch(1, 7, 3, seed=23)
     v = vectors.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: alignment_loss(x, ids, TAU, impl="triton", block_size=16)[1],
+    assert torch.autograd.gradcheck(lambda x: alignment_loss(x, ids, tau=TAU, impl="triton", block_size=16)[1],
                                     (v,), eps=1e-6, atol=1e-7)
     print("TRITON_CHECKS_OK")
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from prealign_scale import dist as pdist
+from prealign_scale.alignment.word_vectors import pool_words
 from prealign_scale.config import Config
 from prealign_scale.engine.callbacks import MetricsFile, Preemption
 from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager, make_tag
 from prealign_scale.engine.deepspeed_setup import phase_ds_config, reset_optimizer
-from prealign_scale.engine.hidden_states import pool_words
 from prealign_scale.engine.run import plan_phase
 from prealign_scale.engine.schedule import lr_at
 
@@ -171,10 +171,10 @@ def test_preemption_flag_on_sigusr1():
 
 # ------------------------------------------------------------------------------------ word vectors
 def test_pool_words_means_over_real_tokens():
-    states = torch.arange(2 * 3 * 1, dtype=torch.float32).reshape(3, 2, 1)  # [s=3, b=2, h=1]
+    states = torch.arange(2 * 3 * 1, dtype=torch.float32).reshape(3, 2, 1)  # [s=3, b=2, h=1] (megatron)
     mask = torch.tensor([[True, True, False], [True, True, True]])
     # word 0: tokens 0, 2 -> (0 + 2) / 2; word 1: tokens 1, 3, 5 -> 3
-    assert pool_words(states, mask).tolist() == [[1.0], [3.0]]
+    assert pool_words(states.transpose(0, 1), mask).tolist() == [[1.0], [3.0]]
 
 
 # ------------------------------------------------------------------------------------- ds_config

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from eval_tiny import V, ids, load, make_model, make_tokenizer, save
 
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
+from prealign_scale.alignment.word_vectors import layer_names
 from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.model_view import HFModelView, layer_names
+from prealign_scale.eval.model_view import HFModelView
 from prealign_scale.eval.probe import (
     ProbePair,
     ProbeSet,

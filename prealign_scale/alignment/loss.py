@@ -1,4 +1,4 @@
-"""The contrastive alignment loss of PreAlign stage 1, written plainly (the reference and the oracle).
+"""The contrastive alignment loss of PreAlign stage 1: the plain reference and the implementation dispatch.
 
 METHOD.md §2. For one "layer" ℓ (embedding output, each block's output, the final normed state, the
 unembedding rows) and the word vectors r_1..r_N of the *global* batch:
@@ -15,21 +15,43 @@ Everything is computed in fp32 (fp64 stays fp64), with a row-wise max subtractio
 and the row's own column is excluded by setting it to −inf (never by multiplying a logit by 0, which still
 leaves exp(0) = 1 in the denominator: the defect of the authors' release, see METHOD.md §6).
 
-This module materialises the L×N×N logits: use it as the oracle and for small N only. The blockwise
-implementations with the same contract live in :mod:`prealign_scale.kernels.align_loss`.
+The reference, :func:`contrastive_alignment_loss` / :func:`contrastive_alignment_loss_rows`, materialises
+the L×N×N logits: it is the oracle, and the "naive" implementation for small N. The callers use the
+dispatch, which gives the same numbers from one of several implementations:
+
+    alignment_loss(vectors [L, N, H], entry_ids [N], *, tau, impl="auto") -> (mean [], per_layer [L])
+    alignment_loss_rows(vectors_local [L, n, H], vectors_all [L, N, H], entry_local [n], entry_all [N],
+                        row_offset, *, tau, impl="auto") -> (sums [L], count [])
+
+``impl`` (:data:`IMPLS`):
+
+- ``"naive"``: the reference of this module.
+- ``"chunked"``: blockwise PyTorch with an online log-sum-exp; O(L·N·H) memory plus [L, block, block] tiles.
+- ``"triton"``: the same blockwise algorithm as Triton kernels (CUDA tensors; CPU tensors only under
+  ``TRITON_INTERPRET=1``, for tests).
+- ``"auto"``: triton on CUDA tensors, chunked elsewhere.
+
+The blockwise implementations live in :mod:`prealign_scale.kernels.align_loss` (docs/kernels.md). ``tau`` has
+no default here: its one default is ``AlignConfig.tau`` in :mod:`prealign_scale.config`.
 
 Distributed use. The rows of the loss are independent given all columns, so each data-parallel rank can
-compute the rows of its own words against the gathered global batch: :func:`contrastive_alignment_loss_rows`
-returns the per-layer *sum* of row losses and the number of rows with a positive; summing both over ranks
-and dividing gives exactly :func:`contrastive_alignment_loss` (see docs/kernels.md, "Distributed use").
+compute the rows of its own words against the gathered global batch: the rows form returns the per-layer
+*sum* of row losses and the number of rows with a positive; summing both over ranks and dividing gives
+exactly the single-process loss. :mod:`prealign_scale.alignment.objective` does this for the engine.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
-NORM_EPS = 1e-12  # as F.normalize: a zero vector normalises to zero instead of NaN
+from prealign_scale.kernels.align_loss import alignment_loss_rows_blockwise
+
+NORM_EPS = 1e-12  # as F.normalize: a zero vector normalises to zero instead of NaN (kernels keep a copy)
+IMPLS = ("naive", "chunked", "triton", "auto")
+_WHERE = "prealign_scale/alignment/loss.py"
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -52,7 +74,7 @@ def check_rows_inputs(
     tau: float,
 ) -> None:
     """Validate the arguments of a rows loss; raise ValueError naming the argument that is wrong."""
-    where = "prealign_scale/alignment/loss.py"
+    where = _WHERE
     if vectors_all.dim() != 3:
         raise ValueError(f"{where}: vectors_all must be [L, N, H], got shape {tuple(vectors_all.shape)}")
     if vectors_local.dim() != 3:
@@ -92,7 +114,8 @@ def contrastive_alignment_loss_rows(
     entry_local: Tensor,
     entry_all: Tensor,
     row_offset: int,
-    tau: float = 0.1,
+    *,
+    tau: float,
 ) -> tuple[Tensor, Tensor]:
     """Loss rows of the local words against all (gathered) words: (sums [L], count []).
 
@@ -130,19 +153,17 @@ def contrastive_alignment_loss_rows(
     return row_loss.sum(dim=-1), has_pos.sum()
 
 
-def contrastive_alignment_loss(
-    vectors: Tensor, entry_ids: Tensor, tau: float = 0.1
-) -> tuple[Tensor, Tensor]:
+def contrastive_alignment_loss(vectors: Tensor, entry_ids: Tensor, *, tau: float) -> tuple[Tensor, Tensor]:
     """METHOD.md §2 over all layers: (mean over layers [], per-layer losses [L]), in the compute dtype.
 
     vectors [L, N, H]: the word vectors of every layer (any float dtype; computed in fp32, fp64 stays fp64).
     entry_ids [N] int64: the dictionary entry of each word; words of one entry are each other's positives.
     Raises ValueError when no row has a positive (the loss would be a mean over nothing).
     """
-    sums, count = contrastive_alignment_loss_rows(vectors, vectors, entry_ids, entry_ids, 0, tau)
+    sums, count = contrastive_alignment_loss_rows(vectors, vectors, entry_ids, entry_ids, 0, tau=tau)
     if int(count) == 0:
         raise ValueError(
-            "prealign_scale/alignment/loss.py: entry_ids: no word has a positive (every entry id occurs once); "
+            f"{_WHERE}: entry_ids: no word has a positive (every entry id occurs once); "
             "the alignment loss needs at least two words of one entry in the batch"
         )
     per_layer = sums / count
@@ -158,7 +179,7 @@ def positive_cosine(vectors: Tensor, entry_ids: Tensor) -> Tensor:
     """
     if vectors.dim() != 3 or entry_ids.dim() != 1 or entry_ids.numel() != vectors.shape[1]:
         raise ValueError(
-            "prealign_scale/alignment/loss.py: positive_cosine needs vectors [L, N, H] and entry_ids [N], got "
+            f"{_WHERE}: positive_cosine needs vectors [L, N, H] and entry_ids [N], got "
             f"{tuple(vectors.shape)} and {tuple(entry_ids.shape)}"
         )
     z = normalize_rows(vectors)
@@ -168,3 +189,67 @@ def positive_cosine(vectors: Tensor, entry_ids: Tensor) -> Tensor:
     pair_dot = (sums * sums).sum(dim=(1, 2)) - (z * z).sum(dim=(1, 2))  # [L]
     pairs = (counts * (counts - 1)).sum().to(z.dtype)
     return pair_dot / pairs
+
+
+# ------------------------------------------------------------------------------------- the dispatch
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """Map ``impl`` (one of IMPLS) to a concrete implementation for tensors on ``device``."""
+    if impl not in IMPLS:
+        raise ValueError(f"{_WHERE}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "chunked"
+    if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"{_WHERE}: impl='triton' needs CUDA tensors (got {device}); on CPU set TRITON_INTERPRET=1 before "
+            "triton is imported (tests only), or use impl='chunked'"
+        )
+    return impl
+
+
+def alignment_loss_rows(
+    vectors_local: Tensor,
+    vectors_all: Tensor,
+    entry_local: Tensor,
+    entry_all: Tensor,
+    row_offset: int,
+    *,
+    tau: float,
+    impl: str = "auto",
+    block_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(sums [L], count []): per-layer sums of the loss rows of the local words, and how many have a positive.
+
+    Same contract as :func:`contrastive_alignment_loss_rows`, computed by ``impl``. Gradients reach both
+    ``vectors_local`` (the row side) and ``vectors_all`` (the column side); when they are the same tensor
+    autograd adds them. ``block_size`` (blockwise impls only) defaults per impl (chunked 512, triton 64).
+    """
+    check_rows_inputs(vectors_local, vectors_all, entry_local, entry_all, row_offset, tau)
+    impl = resolve_impl(impl, vectors_all.device)
+    if impl == "naive":
+        return contrastive_alignment_loss_rows(vectors_local, vectors_all, entry_local, entry_all, row_offset,
+                                               tau=tau)
+    return alignment_loss_rows_blockwise(vectors_local, vectors_all, entry_local, entry_all, row_offset,
+                                         tau=float(tau), impl=impl, block_size=block_size)
+
+
+def alignment_loss(
+    vectors: Tensor,
+    entry_ids: Tensor,
+    *,
+    tau: float,
+    impl: str = "auto",
+    block_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(mean over layers [], per-layer losses [L]) of METHOD.md §2 for one (global) batch of word vectors.
+
+    Raises ValueError when no word has a positive.
+    """
+    sums, count = alignment_loss_rows(vectors, vectors, entry_ids, entry_ids, 0, tau=tau, impl=impl,
+                                      block_size=block_size)
+    if int(count) == 0:
+        raise ValueError(
+            f"{_WHERE}: entry_ids: no word has a positive (every entry id occurs once); the alignment loss "
+            "needs at least two words of one entry in the batch"
+        )
+    per_layer = sums / count
+    return per_layer.mean(), per_layer

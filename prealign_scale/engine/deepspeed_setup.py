@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from prealign_scale.config import Config
-from prealign_scale.engine.hidden_states import attach_unembedding_rows
 from prealign_scale.engine.lm_phase import attach_fused_lm_head
 from prealign_scale.engine.resolve_config import tp_size
+from prealign_scale.model.taps import attach_unembedding_rows
 
 
 def phase_ds_config(cfg: Config, phase: str, dp_world_size: int) -> dict:

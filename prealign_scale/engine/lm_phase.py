@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from prealign_scale.config import Config
 from prealign_scale.data.shard_format import IGNORE_INDEX
 from prealign_scale.data.shard_reader import ShardCorruptError, ShardLoader, attention_mask_from_segments
-from prealign_scale.engine.collectives import all_reduce_sum
+from prealign_scale.dist import all_reduce_sum
 
 FUSED_HEAD_ATTR = "prealign_fused_lm_head"
 

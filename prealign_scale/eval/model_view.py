@@ -13,8 +13,9 @@ attention mask is needed):
 :class:`MegatronView` wraps the engine's megatron ``GPTModel`` (single process or every rank together, since
 a forward under ZeRO-3 is collective), so the alignment probe can run during training.
 
-Built on them: :func:`pooled_vectors` (mean-pooled vectors of every probe layer, ``num_layers + 2`` of them)
-and :func:`sequence_logprobs` (sum of next-token log-probabilities), batched by length.
+Built on them: :func:`pooled_vectors` (the word vectors of :mod:`prealign_scale.alignment.word_vectors`,
+``num_layers + 2`` layers, the same pooling the alignment phase trains) and :func:`sequence_logprobs` (sum of
+next-token log-probabilities), batched by length.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prealign_scale.alignment.word_vectors import word_vectors
+from prealign_scale.model.taps import UNEMBED_ATTR, HiddenStateTaps
+
 
 class ModelView(Protocol):
     num_layers: int  # transformer blocks n; the probe has n + 2 layers
@@ -38,11 +42,6 @@ class ModelView(Protocol):
     def layer_states(self, ids: Tensor) -> list[Tensor]: ...
 
     def unembedding_rows(self, ids: Tensor) -> Tensor: ...
-
-
-def layer_names(num_layers: int) -> list[str]:
-    """Names of the ``num_layers + 2`` probe layers, in order."""
-    return ["embedding", *[f"block{i}" for i in range(1, num_layers)], "final_norm", "unembedding"]
 
 
 class HFModelView:
@@ -74,7 +73,7 @@ class HFModelView:
 class MegatronView:
     """A view of megatron-core's ``GPTModel`` (as `prealign_scale.model.builder.build_gpt_model` makes it).
 
-    Hidden states come from forward hooks (`prealign_scale.engine.hidden_states.HiddenStateTaps`), in the
+    Hidden states come from forward hooks (`prealign_scale.model.taps.HiddenStateTaps`), in the
     same layer order as the alignment loss; unembedding rows go through the model's attached
     ``UnembeddingRows`` child when present (gathered correctly under ZeRO-3 and TP), else index the output
     layer's weight. ``logits`` needs tensor-parallel size 1 (megatron returns vocab-sharded logits otherwise).
@@ -100,13 +99,11 @@ class MegatronView:
         return self.model(ids, self._positions(ids), None)
 
     def layer_states(self, ids: Tensor) -> list[Tensor]:
-        from prealign_scale.engine.hidden_states import HiddenStateTaps
-
         taps = HiddenStateTaps(self.model)
         try:
             with taps:
                 self.model(ids, self._positions(ids), None)
-            states = [s.transpose(0, 1) for s in taps.states]  # megatron's [s, b, h] -> [b, s, h]
+            states = taps.batch_first()  # megatron's [s, b, h] -> [b, s, h]
         finally:
             taps.remove()
         if len(states) != self.num_layers + 1:
@@ -114,8 +111,6 @@ class MegatronView:
         return states
 
     def unembedding_rows(self, ids: Tensor) -> Tensor:
-        from prealign_scale.engine.hidden_states import UNEMBED_ATTR
-
         rows = getattr(self.model, UNEMBED_ATTR, None)
         if rows is not None:
             return rows(ids)
@@ -165,18 +160,9 @@ def _check_ids(view: ModelView, seqs: Sequence[Sequence[int]]) -> None:
                              f" (wrong tokenizer, or a Clone id for a model without Clone?)")
 
 
-def pool(states: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the real tokens, in fp32: states [b, s, h], mask [b, s] -> [b, h]."""
-    m = mask.to(torch.float32)
-    return torch.einsum("bsh,bs->bh", states.to(torch.float32), m) / m.sum(1, keepdim=True).clamp_min(1.0)
-
-
 def batch_vectors(view: ModelView, ids: Tensor, mask: Tensor) -> Tensor:
     """Mean-pooled vectors of every probe layer for one padded batch: [num_layers + 2, b, h] (with grad)."""
-    states = view.layer_states(ids)
-    pooled = [pool(s, mask) for s in states]
-    pooled.append(pool(view.unembedding_rows(ids), mask))
-    return torch.stack(pooled)
+    return word_vectors(view.layer_states(ids), view.unembedding_rows(ids), mask)
 
 
 @torch.no_grad()

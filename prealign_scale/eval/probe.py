@@ -36,9 +36,10 @@ from torch import Tensor
 
 from prealign_scale.alignment.clone import CLONE, clone_word
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
+from prealign_scale.alignment.word_vectors import layer_names
 from prealign_scale.alignment.words import word_key
 from prealign_scale.eval.io import EvalInputError, read_tsv
-from prealign_scale.eval.model_view import ModelView, layer_names, pooled_vectors
+from prealign_scale.eval.model_view import ModelView, pooled_vectors
 from prealign_scale.eval.text import TextEncoder
 
 SPLIT_GROUPS = {ALIGN: "seen", HELDOUT: "unseen"}

@@ -24,15 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prealign_scale.alignment.word_vectors import layer_names, pool_words
 from prealign_scale.eval.io import EvalInputError, read_jsonl
-from prealign_scale.eval.model_view import (
-    HFModelView,
-    ModelView,
-    layer_names,
-    pad_right,
-    pool,
-    pooled_vectors,
-)
+from prealign_scale.eval.model_view import HFModelView, ModelView, pad_right, pooled_vectors
 from prealign_scale.eval.text import TextEncoder
 
 
@@ -147,7 +141,7 @@ class _Classifier(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         final = self.view.layer_states(ids)[-1]
-        return self.head(pool(final, mask).to(self.head.weight.device))
+        return self.head(pool_words(final, mask).to(self.head.weight.device))
 
 
 def finetune_transfer(view: ModelView, encoder: TextEncoder, train: LabelledSet, train_lang: str,

@@ -1,56 +1,33 @@
-"""The contrastive alignment loss behind one API: naive reference, chunked PyTorch, or Triton.
+"""The blockwise contrastive alignment loss (chunked PyTorch or Triton) as one autograd Function.
 
-    alignment_loss(vectors [L, N, H], entry_ids [N], tau=0.1, impl="auto") -> (mean [], per_layer [L])
-    alignment_loss_rows(vectors_local [L, n, H], vectors_all [L, N, H], entry_local [n], entry_all [N],
-                        row_offset, tau=0.1, impl="auto") -> (sums [L], count [])
+    alignment_loss_rows_blockwise(vectors_local [L, n, H], vectors_all [L, N, H], entry_local [n],
+                                  entry_all [N], row_offset, *, tau, impl, block_size=None)
+        -> (sums [L], count [])
 
-Both return the METHOD.md §2 loss exactly as :mod:`prealign_scale.alignment.loss` defines it (that module is
-the "naive" implementation). ``impl``:
+The same numbers as the reference rows loss of :mod:`prealign_scale.alignment.loss` (METHOD.md §2), without
+the L×N×N logits. Callers go through that module's dispatch (``alignment_loss``, ``alignment_loss_rows``),
+which validates the inputs and picks ``impl``; this module takes ``impl`` in ``{"chunked", "triton"}``:
 
-- ``"naive"``: the reference; materialises the L×N×N logits (small N only).
-- ``"chunked"``: blockwise PyTorch with an online log-sum-exp; O(L·N·H) memory plus [L, block, block] tiles.
-- ``"triton"``: the same blockwise algorithm as Triton kernels (CUDA tensors; CPU tensors only under
-  ``TRITON_INTERPRET=1``, for tests).
-- ``"auto"``: triton on CUDA tensors, chunked elsewhere.
+- ``"chunked"``: blockwise PyTorch with an online log-sum-exp (:mod:`.align_loss_chunked`).
+- ``"triton"``: the same algorithm as Triton kernels (:mod:`.align_loss_triton`, imported on first use).
 
-The chunked and Triton paths share one autograd Function: it normalises the vectors itself (fp32, fp64 for
-fp64 inputs), runs the blockwise forward, and in backward recomputes the logits tile by tile and
-back-propagates through z = r/‖r‖ by hand, returning gradients w.r.t. the *unnormalised* vectors in their
-input dtype. Distributed use (each rank's rows against the all-gathered batch) is described in
-docs/kernels.md.
+The autograd Function normalises the vectors itself (fp32, fp64 for fp64 inputs), runs the blockwise forward,
+and in backward recomputes the logits tile by tile and back-propagates through z = r/‖r‖ by hand, returning
+gradients w.r.t. the *unnormalised* vectors in their input dtype. The math is in docs/kernels.md.
+
+Part of the kernels leaf: it imports nothing of prealign_scale outside kernels/.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-from prealign_scale.alignment.loss import (
-    NORM_EPS,
-    check_rows_inputs,
-    contrastive_alignment_loss_rows,
-)
 from prealign_scale.kernels.align_loss_chunked import rows_backward_chunked, rows_forward_chunked
 
-IMPLS = ("naive", "chunked", "triton", "auto")
+NORM_EPS = 1e-12  # as F.normalize and alignment.loss.NORM_EPS (a test checks they agree)
 DEFAULT_BLOCK = {"chunked": 512, "triton": 64}
 _WHERE = "prealign_scale/kernels/align_loss.py"
-
-
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """Map ``impl`` (one of IMPLS) to a concrete implementation for tensors on ``device``."""
-    if impl not in IMPLS:
-        raise ValueError(f"{_WHERE}: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "triton" if device.type == "cuda" else "chunked"
-    if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            f"{_WHERE}: impl='triton' needs CUDA tensors (got {device}); on CPU set TRITON_INTERPRET=1 before "
-            "triton is imported (tests only), or use impl='chunked'"
-        )
-    return impl
 
 
 def positive_counts(entry_local: Tensor, entry_all: Tensor) -> Tensor:
@@ -65,7 +42,7 @@ def positive_counts(entry_local: Tensor, entry_all: Tensor) -> Tensor:
 
 
 def _normalize_with_norm(r: Tensor) -> tuple[Tensor, Tensor]:
-    """(z, clamped norm) in the compute dtype; z = r / max(‖r‖, eps) as in alignment.loss."""
+    """(z, clamped norm) in the compute dtype; z = r / max(‖r‖, eps) (alignment.loss.normalize_rows)."""
     v = r.to(torch.float64 if r.dtype == torch.float64 else torch.float32)
     norm = v.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
     return v / norm, norm
@@ -146,27 +123,25 @@ class _BlockwiseAlignRows(torch.autograd.Function):
         return grad_local, grad_all, None, None, None, None, None, None, None
 
 
-def alignment_loss_rows(
+def alignment_loss_rows_blockwise(
     vectors_local: Tensor,
     vectors_all: Tensor,
     entry_local: Tensor,
     entry_all: Tensor,
     row_offset: int,
-    tau: float = 0.1,
-    impl: str = "auto",
+    *,
+    tau: float,
+    impl: str,
     block_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(sums [L], count []): per-layer sums of the loss rows of the local words, and how many have a positive.
 
-    Same contract as :func:`prealign_scale.alignment.loss.contrastive_alignment_loss_rows`. Gradients
-    reach both ``vectors_local`` (the row side) and ``vectors_all`` (the column side); when they are the
-    same tensor autograd adds them. ``block_size`` defaults per impl (chunked 512, triton 64).
+    The contract of ``prealign_scale.alignment.loss.alignment_loss_rows`` (which checks the inputs before
+    calling this). ``impl`` is "chunked" or "triton"; ``block_size`` defaults per impl (chunked 512,
+    triton 64).
     """
-    check_rows_inputs(vectors_local, vectors_all, entry_local, entry_all, row_offset, tau)
-    impl = resolve_impl(impl, vectors_all.device)
-    if impl == "naive":
-        return contrastive_alignment_loss_rows(vectors_local, vectors_all, entry_local, entry_all, row_offset,
-                                               tau)
+    if impl not in DEFAULT_BLOCK:
+        raise ValueError(f"{_WHERE}: impl must be one of {tuple(DEFAULT_BLOCK)}, got {impl!r}")
     block = DEFAULT_BLOCK[impl] if block_size is None else int(block_size)
     if block < 1:
         raise ValueError(f"{_WHERE}: block_size must be >= 1, got {block_size!r}")
@@ -175,85 +150,4 @@ def alignment_loss_rows(
                                      float(tau), impl, block, shared)
 
 
-def alignment_loss(
-    vectors: Tensor,
-    entry_ids: Tensor,
-    tau: float = 0.1,
-    impl: str = "auto",
-    block_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """(mean over layers [], per-layer losses [L]) of METHOD.md §2 for one (global) batch of word vectors.
-
-    Raises ValueError when no word has a positive.
-    """
-    sums, count = alignment_loss_rows(vectors, vectors, entry_ids, entry_ids, 0, tau, impl, block_size)
-    if int(count) == 0:
-        raise ValueError(
-            f"{_WHERE}: entry_ids: no word has a positive (every entry id occurs once); the alignment loss "
-            "needs at least two words of one entry in the batch"
-        )
-    per_layer = sums / count
-    return per_layer.mean(), per_layer
-
-
-def distributed_alignment_loss(
-    vectors_local: Tensor,
-    entry_local: Tensor,
-    tau: float = 0.1,
-    impl: str = "auto",
-    block_size: int | None = None,
-    group=None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The global-batch loss under data parallelism: (share [], global_mean [], global_per_layer [L]).
-
-    Every rank passes its own word vectors [L, n_rank, H] (n may differ between ranks) and entry ids. The
-    vectors are all-gathered *with gradient* (``torch.distributed.nn.functional.all_gather``, whose backward
-    sums the gradients of all ranks into each rank's slice), the entry ids and the row counts without; the
-    rank computes the loss rows of its own words against all words, and the count of rows with a positive
-    is all-reduced. ``share`` = mean over layers of (local row sums / global count): the shares of all
-    ranks add up to the single-process loss, and so do their gradients. ``global_mean`` and
-    ``global_per_layer`` are the all-reduced loss values, detached, for logging.
-
-    Gradient reduction: if the optimizer averages gradients over ranks (DeepSpeed, DDP), back-propagate
-    ``share * world_size`` to get the gradient of the global loss (docs/kernels.md).
-    """
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
-
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    n = vectors_local.shape[1]
-    device = vectors_local.device
-    size = torch.tensor([n], dtype=torch.int64, device=device)
-    sizes_t = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes_t, size, group=group)
-    sizes = [int(t) for t in sizes_t]
-    pad = max(sizes) - n
-    # all_gather needs equal shapes: pad to the largest rank, gather, then drop the padding.
-    padded = torch.nn.functional.pad(vectors_local, (0, 0, 0, pad))
-    gathered = all_gather(padded, group=group)
-    vectors_all = torch.cat([g[:, :k] for g, k in zip(gathered, sizes)], dim=1)
-    ids = torch.nn.functional.pad(entry_local, (0, pad), value=-1)
-    ids_t = [torch.empty_like(ids) for _ in range(world)]
-    dist.all_gather(ids_t, ids, group=group)
-    entry_all = torch.cat([t[:k] for t, k in zip(ids_t, sizes)])
-    row_offset = sum(sizes[:rank])
-
-    sums, count = alignment_loss_rows(vectors_local, vectors_all, entry_local, entry_all, row_offset, tau,
-                                      impl, block_size)
-    total = count.detach().clone()
-    dist.all_reduce(total, group=group)
-    if int(total) == 0:
-        raise ValueError(
-            f"{_WHERE}: entry ids: no word of the global batch has a positive; the alignment loss needs at "
-            "least two words of one entry"
-        )
-    share = (sums / total).mean()
-    global_sums = sums.detach().clone()
-    dist.all_reduce(global_sums, group=group)
-    per_layer = global_sums / total
-    return share, per_layer.mean(), per_layer
-
-
-__all__ = ["IMPLS", "alignment_loss", "alignment_loss_rows", "distributed_alignment_loss", "positive_counts",
-           "resolve_impl"]
+__all__ = ["DEFAULT_BLOCK", "alignment_loss_rows_blockwise", "positive_counts"]

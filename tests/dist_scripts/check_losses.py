@@ -78,12 +78,13 @@ def compare_grads(model, grads: dict) -> float:
 def check_align(cfg, report: dict) -> None:
     from prealign_scale.alignment.loss import contrastive_alignment_loss
     from prealign_scale.alignment.table import AlignmentTable
+    from prealign_scale.alignment.word_vectors import word_vectors
     from prealign_scale.data.dict_loader import DictionaryLoader
     from prealign_scale.engine.align_phase import AlignPhase
     from prealign_scale.engine.deepspeed_setup import build_engine
-    from prealign_scale.engine.hidden_states import HiddenStateTaps, word_vectors
     from prealign_scale.engine.run import seed_everything
     from prealign_scale.model.parallel import dp_group, dp_rank, dp_world_size
+    from prealign_scale.model.taps import HiddenStateTaps
 
     seed_everything(cfg.run.seed)
     engine = build_engine(cfg, "align")
@@ -108,7 +109,7 @@ def check_align(cfg, report: dict) -> None:
             with taps:
                 logits = model(b["input_ids"], b["position_ids"], None)  # [n, s, V]
             rows = F.embedding(b["input_ids"], model.output_layer.weight)
-            vecs.append(word_vectors(taps, rows, b["attention_mask"]))
+            vecs.append(word_vectors(taps.batch_first(), rows, b["attention_mask"]))
             ents.append(b["entry_ids"])
             t = b["targets"]
             lm_sum = lm_sum + F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=-100, reduction="sum")

@@ -1,19 +1,20 @@
-"""Per-layer word vectors for the alignment phase (METHOD.md §2), read from megatron's GPTModel by hooks.
+"""Hidden-state taps and unembedding rows of megatron's GPTModel: what the word vectors are read from.
 
-The "layers" of a word, L = n_layers + 2 of them, in this order (the release's HF ``output_hidden_states``
-plus the unembedding rows):
+The "layers" of a word (METHOD.md §2), L = n_layers + 2 of them, in this order (the release's HF
+``output_hidden_states`` plus the unembedding rows):
 
     0            the embedding output
     1 .. n-1     the outputs of blocks 1 .. n-1
     n            the final normed state (the last block's output after the final RMSNorm)
     n + 1        the unembedding rows (``output_layer.weight``) of the word's tokens
 
-Each is mean-pooled over the word's real tokens (the attention mask), giving vectors [L, n_words, h].
+`HiddenStateTaps` records the first n + 1 of them, `UnembeddingRows` looks up the last; the pooling into word
+vectors is :mod:`prealign_scale.alignment.word_vectors` (used by the training engine and the evaluators).
 
 Hooks: forward hooks on ``model.embedding``, ``model.decoder.layers[:-1]`` and
 ``model.decoder.final_layernorm`` keep their outputs while a `HiddenStateTaps` context is active (megatron's
-layout is sequence-first, [s, b, h]). Outside the context (e.g. when activation recomputation re-runs a block
-during backward) nothing is recorded.
+layout is sequence-first, [s, b, h]; `HiddenStateTaps.batch_first` transposes). Outside the context (e.g.
+when activation recomputation re-runs a block during backward) nothing is recorded.
 
 Unembedding rows under ZeRO-3: the output layer's weight is partitioned and is gathered only around the
 forward/backward of a module that owns it or registered it. `UnembeddingRows` is a parameter-free child
@@ -25,7 +26,6 @@ group (megatron's vocab-parallel embedding rule).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -53,6 +53,10 @@ class HiddenStateTaps:
 
     def __exit__(self, *exc) -> None:
         self.active = False
+
+    def batch_first(self) -> list[Tensor]:
+        """The recorded states in layer order, each transposed from megatron's [s, b, h] to [b, s, h]."""
+        return [s.transpose(0, 1) for s in self.states]
 
     def remove(self) -> None:
         for h in self._handles:
@@ -91,20 +95,3 @@ def attach_unembedding_rows(model: nn.Module) -> UnembeddingRows:
         deepspeed.zero.register_external_parameter(rows, model.output_layer.weight)
     return rows
 
-
-def pool_words(states: Tensor, mask: Tensor) -> Tensor:
-    """Mean over each word's real tokens, in fp32: states [s, b, h] (megatron layout), mask [b, s] -> [b, h]."""
-    m = mask.to(torch.float32)
-    summed = torch.einsum("sbh,bs->bh", states.to(torch.float32), m)
-    return summed / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-
-
-def word_vectors(taps: HiddenStateTaps, unembed_rows: Tensor, mask: Tensor) -> Tensor:
-    """Stack the pooled vectors of every layer: [L, n_words, h] (L = n_layers + 2).
-
-    `taps.states`: the recorded [s, b, h] states (embedding, blocks 1..n-1, final norm); `unembed_rows`:
-    [b, s, h] rows of the unembedding matrix for the input ids; `mask`: [b, s], True on real tokens.
-    """
-    pooled = [pool_words(s, mask) for s in taps.states]
-    pooled.append(pool_words(unembed_rows.transpose(0, 1), mask))
-    return torch.stack(pooled)
