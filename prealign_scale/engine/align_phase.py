@@ -27,17 +27,30 @@ from torch import Tensor
 
 from prealign_scale.alignment.loss import positive_cosine
 from prealign_scale.alignment.table import AlignmentTable
-from prealign_scale.config import Config
+from prealign_scale.config import AlignConfig, Config
 from prealign_scale.data.dict_loader import DictionaryLoader
 from prealign_scale.data.shard_format import IGNORE_INDEX
 from prealign_scale.engine.collectives import all_reduce_sum, gather_ids, gather_rows_with_grad
-from prealign_scale.engine.deepspeed_setup import compute_device
+from prealign_scale.engine.device import compute_device
 from prealign_scale.engine.hidden_states import UNEMBED_ATTR, HiddenStateTaps, word_vectors
+from prealign_scale.engine.phase import Phase
 from prealign_scale.kernels.align_loss import alignment_loss_rows
 
 
-class AlignPhase:
+class AlignPhase(Phase):
     name = "align"
+    uses_word_vectors = True
+    # Never recomputes: its word vectors come from hooks inside the blocks, and a recomputed block produces its
+    # forward output without autograd history (and dictionary words are short anyway).
+    allows_recompute = False
+
+    @staticmethod
+    def section(cfg: Config) -> AlignConfig:
+        return cfg.align
+
+    @staticmethod
+    def micro_batch_size(cfg: Config) -> int:
+        return cfg.align.entries_per_rank
 
     def __init__(self, cfg: Config, engine, *, dp_rank: int, dp_world_size: int, dp_group):
         self.cfg, self.engine = cfg, engine
