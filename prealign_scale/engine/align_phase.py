@@ -17,16 +17,29 @@ from torch import Tensor
 from prealign_scale.alignment.objective import PreAlignObjective
 from prealign_scale.alignment.table import AlignmentTable
 from prealign_scale.alignment.word_vectors import word_vectors
-from prealign_scale.config import Config
+from prealign_scale.config import AlignConfig, Config
 from prealign_scale.data.dict_loader import DictionaryLoader
 from prealign_scale.data.shard_format import IGNORE_INDEX
 from prealign_scale.dist import all_reduce_sum
-from prealign_scale.engine.deepspeed_setup import compute_device
+from prealign_scale.engine.device import compute_device
+from prealign_scale.engine.phase import Phase
 from prealign_scale.model.taps import UNEMBED_ATTR, HiddenStateTaps
 
 
-class AlignPhase:
+class AlignPhase(Phase):
     name = "align"
+    uses_word_vectors = True
+    # Never recomputes: its word vectors come from hooks inside the blocks, and a recomputed block produces its
+    # forward output without autograd history (and dictionary words are short anyway).
+    allows_recompute = False
+
+    @staticmethod
+    def section(cfg: Config) -> AlignConfig:
+        return cfg.align
+
+    @staticmethod
+    def micro_batch_size(cfg: Config) -> int:
+        return cfg.align.entries_per_rank
 
     def __init__(self, cfg: Config, engine, *, dp_rank: int, dp_world_size: int, dp_group):
         self.cfg, self.engine = cfg, engine

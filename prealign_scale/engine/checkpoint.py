@@ -54,11 +54,11 @@ from prealign_scale.engine.checkpoint_integrity import (
     write_atomic,
     write_manifest_and_marker,
 )
+from prealign_scale.engine.phases import PHASE_NAMES, PHASE_ORDER
 
-PHASE_ORDER = {"align": 0, "lm": 1}
 LATEST = "latest"
 DAMAGED_SUFFIX = ".damaged"
-_TAG = re.compile(r"^(align|lm)-step(\d{8})$")
+_TAG = re.compile(rf"^({'|'.join(PHASE_NAMES)})-step(\d{{8}})$")
 
 
 class CheckpointWriteError(RuntimeError):

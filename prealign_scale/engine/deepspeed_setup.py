@@ -6,9 +6,11 @@
   every step (`schedule.lr_at`), so a DeepSpeed ``scheduler`` section is refused.
 - model: `build_gpt_model` inside ``deepspeed.zero.Init`` over megatron's data-parallel group (the builder
   does this), with the weights of an HF folder copied in when asked (``model.init_hf``: `hf_init.py`), plus
-  the parameter-free helper modules the phase needs (unembedding rows, fused LM head).
-  Activation recomputation (megatron's, full, per layer) is on in phase 2 when the JSON has an
-  ``activation_checkpointing`` section and CUDA is present (it saves and restores CUDA RNG states).
+  the parameter-free helper modules the phase needs (unembedding rows, the phase's `prepare_model`: phase 2's
+  fused LM head). Activation recomputation (megatron's, full, per layer) is on when the phase allows it
+  (phase 2), the JSON has an ``activation_checkpointing`` section and CUDA is present (it saves and restores
+  CUDA RNG states).
+- the phase's choices come from its class (`phases.phase_class`): its config section, its micro-batch size.
 - optimizer: the JSON's (AdamW; ``"torch_adam": true`` on CPU), over two parameter groups: matrices
   (embeddings, linear layers) with weight decay, vectors (RMSNorm weights) without.
 - ``deepspeed.initialize(..., mpu=MegatronMPU())`` so ZeRO-3 partitions over the data-parallel group only.
@@ -23,19 +25,19 @@ from pathlib import Path
 import torch
 
 from prealign_scale.config import Config
-from prealign_scale.engine.lm_phase import attach_fused_lm_head
+from prealign_scale.engine.phases import phase_class
 from prealign_scale.engine.resolve_config import tp_size
 from prealign_scale.model.taps import attach_unembedding_rows
 
 
 def phase_ds_config(cfg: Config, phase: str, dp_world_size: int) -> dict:
-    """The DeepSpeed config dict of `phase` ("align" or "lm")."""
+    """The DeepSpeed config dict of the phase named `phase`."""
     ds = json.loads(Path(cfg.run.ds_config).read_text())
     if "scheduler" in ds:
         raise ValueError(f"{cfg.run.ds_config}: remove the 'scheduler' section: the learning rate comes from the "
                          f"{phase}.lr / warmup_frac / schedule keys of the experiment config")
-    p = cfg.align if phase == "align" else cfg.lm
-    micro = cfg.align.entries_per_rank if phase == "align" else cfg.lm.micro_batch_size
+    cls = phase_class(phase)
+    p, micro = cls.section(cfg), cls.micro_batch_size(cfg)
     ds["train_micro_batch_size_per_gpu"] = int(micro)
     ds["gradient_accumulation_steps"] = int(p.grad_accum)
     ds["train_batch_size"] = int(micro) * int(p.grad_accum) * dp_world_size
@@ -77,10 +79,9 @@ def build_engine(cfg: Config, phase: str, init_hf: str | None = None):
     from prealign_scale.model.parallel import MegatronMPU, dp_world_size
     from prealign_scale.model.presets import get_preset
 
+    cls = phase_class(phase)
     ds = phase_ds_config(cfg, phase, dp_world_size())
-    # Phase 1 never recomputes: its word vectors come from hooks inside the blocks, and a recomputed block
-    # produces its forward output without autograd history (and dictionary words are short anyway).
-    recompute = "activation_checkpointing" in ds and cuda_available() and phase == "lm"
+    recompute = "activation_checkpointing" in ds and cuda_available() and cls.allows_recompute
     model = build_gpt_model(get_preset(cfg.model.preset), model_vocab_size(cfg), int(cfg.model.seq_len),
                             ds_config=ds, params_dtype=ds_config_dtype(ds), recompute_activations=recompute,
                             attention=cfg.model.attention)
@@ -89,19 +90,13 @@ def build_engine(cfg: Config, phase: str, init_hf: str | None = None):
 
         load_hf_weights(model, init_hf, get_preset(cfg.model.preset))
     # word vectors use the unembedding rows outside the output layer: phase 1, and the alignment probe
-    if phase == "align" or (cfg.run.probe_every > 0 and cfg.data.table_dir):
+    if cls.uses_word_vectors or (cfg.run.probe_every > 0 and cfg.data.table_dir):
         attach_unembedding_rows(model)
-    if phase == "lm" and cfg.lm.lm_loss_impl != "megatron":
-        attach_fused_lm_head(model, cfg.lm.lm_loss_impl)
-    p = cfg.align if phase == "align" else cfg.lm
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, p.weight_decay),
+    cls.prepare_model(model, cfg)  # e.g. phase 2's fused LM head
+    weight_decay = cls.section(cfg).weight_decay
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, weight_decay),
                                            config=copy.deepcopy(ds), mpu=MegatronMPU())
     return engine
-
-
-def compute_device() -> torch.device:
-    """Where batches go: this rank's GPU, or the CPU (parameters may live elsewhere under offload)."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def set_lr(engine, lr: float) -> None:

@@ -15,8 +15,8 @@ Loss implementations (``lm.lm_loss_impl``): ``megatron`` (the model's vocab-para
 losses from ``GPTModel(labels=...)``), or a fused linear cross-entropy of `prealign_scale.kernels.lm_head_loss`
 (``auto``, ``chunked``, ``liger``, ``naive``; TP=1) that never forms the [tokens, V] logits. For the fused
 path the GPTModel returns its final normed hidden states (``post_process`` off at the output layer) and
-`FusedLMHeadLoss`, a child module that registers the output layer's weight as a ZeRO-3 external parameter,
-computes the loss per language.
+`fused_lm_head.FusedLMHeadLoss`, a child module that registers the output layer's weight as a ZeRO-3 external
+parameter, computes the loss per language.
 """
 
 from __future__ import annotations
@@ -24,51 +24,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prealign_scale.config import Config
+from prealign_scale.config import Config, LMConfig
 from prealign_scale.data.shard_format import IGNORE_INDEX
 from prealign_scale.data.shard_reader import ShardCorruptError, ShardLoader, attention_mask_from_segments
 from prealign_scale.dist import all_reduce_sum
-
-FUSED_HEAD_ATTR = "prealign_fused_lm_head"
-
-
-class FusedLMHeadLoss(nn.Module):
-    """Per-language sums of the token losses of ``hidden @ output_layer.weightᵀ`` (fused, no logits)."""
-
-    def __init__(self, weight: nn.Parameter, impl: str):
-        super().__init__()
-        self._weight = [weight]  # owned by the output layer; registered as external under ZeRO-3
-        self.impl = impl
-
-    def forward(self, hidden: Tensor, targets: Tensor, token_lang: Tensor, n_langs: int) -> Tensor:
-        from prealign_scale.kernels.lm_head_loss import fused_linear_cross_entropy
-
-        h = hidden.reshape(-1, hidden.shape[-1])
-        t, lang = targets.reshape(-1), token_lang.reshape(-1)
-        sums = []
-        for i in range(n_langs):  # only this language's loss tokens: together one pass over the tokens
-            idx = ((lang == i) & (t != IGNORE_INDEX)).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                sums.append(h.sum().float() * 0.0)  # keeps the graph (and ZeRO-3's hooks) identical
-                continue
-            sums.append(fused_linear_cross_entropy(h[idx], self._weight[0], t[idx], reduction="sum",
-                                                   impl=self.impl).float())
-        return torch.stack(sums)
+from prealign_scale.engine.device import compute_device
+from prealign_scale.engine.fused_lm_head import FUSED_HEAD_ATTR, attach_fused_lm_head
+from prealign_scale.engine.phase import Phase
 
 
-def attach_fused_lm_head(model: nn.Module, impl: str) -> None:
-    """Make `model` return final hidden states and add the fused head (before deepspeed.initialize)."""
-    head = FusedLMHeadLoss(model.output_layer.weight, impl)
-    setattr(model, FUSED_HEAD_ATTR, head)
-    model.post_process = False  # GPTModel._postprocess returns the (final-normed) hidden states
-    if hasattr(model.output_layer.weight, "ds_id"):
-        import deepspeed
-
-        deepspeed.zero.register_external_parameter(head, model.output_layer.weight)
-
-
-class LMPhase:
+class LMPhase(Phase):
     name = "lm"
+
+    @staticmethod
+    def section(cfg: Config) -> LMConfig:
+        return cfg.lm
+
+    @staticmethod
+    def micro_batch_size(cfg: Config) -> int:
+        return cfg.lm.micro_batch_size
+
+    @staticmethod
+    def prepare_model(model: nn.Module, cfg: Config) -> None:
+        if cfg.lm.lm_loss_impl != "megatron":
+            attach_fused_lm_head(model, cfg.lm.lm_loss_impl)
 
     def __init__(self, cfg: Config, engine, *, dp_rank: int, dp_world_size: int, dp_group):
         self.cfg, self.engine = cfg, engine
@@ -80,8 +59,6 @@ class LMPhase:
         self.languages = self.loader.languages
         self._it = None
         self.fused = getattr(engine.module, FUSED_HEAD_ATTR, None)
-        from prealign_scale.engine.deepspeed_setup import compute_device
-
         self.device = compute_device()
 
     # --- data ---------------------------------------------------------------------------------------------

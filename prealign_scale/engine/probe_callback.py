@@ -13,14 +13,17 @@ from __future__ import annotations
 import torch
 
 from prealign_scale.config import Config
+from prealign_scale.engine.callback import Callback
 
 
-class AlignmentProbe:
-    def __init__(self, cfg: Config):
+class AlignmentProbe(Callback):
+    def __init__(self, cfg: Config, metrics=None):
+        """`metrics`: the run's `callbacks.MetricsFile` on rank 0, None on the other ranks."""
         from prealign_scale.alignment.table import AlignmentTable
         from prealign_scale.eval.probe import probe_set_from_table
 
         self.every = int(cfg.run.probe_every)
+        self.metrics = metrics
         table = AlignmentTable.load(cfg.data.table_dir)
         self.probe_set = probe_set_from_table(table, max_pairs=cfg.run.probe_pairs, seed=cfg.run.seed)
 
@@ -35,9 +38,26 @@ class AlignmentProbe:
         result = run_probe(MegatronView(engine.module), self.probe_set)
         return {"kind": "probe", "phase": phase, "step": step, **probe_metrics(result)}
 
+    # --- hooks --------------------------------------------------------------------------------------------
+    def on_phase_start(self, loop) -> None:
+        if loop.state.step == 0:  # a resumed phase already has its step-0 record
+            self._probe(loop)
 
-def make_probe(cfg: Config) -> AlignmentProbe | None:
+    def post_step(self, loop, record: dict) -> None:
+        self._probe(loop)
+
+    def _probe(self, loop) -> None:
+        """Every rank runs the probe when due (a collective forward); rank 0 logs it."""
+        if not self.due(loop.state.step, loop.phase.total_steps):
+            return
+        record = self(loop.engine, loop.phase.name, loop.state.step)
+        loop.engine.train()
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+
+def make_probe(cfg: Config, metrics=None) -> AlignmentProbe | None:
     """The probe when `run.probe_every` > 0 and the run has an alignment table, else None."""
     if cfg.run.probe_every <= 0 or not cfg.data.table_dir:
         return None
-    return AlignmentProbe(cfg)
+    return AlignmentProbe(cfg, metrics)

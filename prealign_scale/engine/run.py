@@ -26,14 +26,19 @@ import torch.distributed as dist
 
 from prealign_scale import dist as pdist
 from prealign_scale.config import Config, save_config
-from prealign_scale.engine.callbacks import MetricsFile, Preemption, TensorBoard
-from prealign_scale.engine.checkpoint import (
-    PHASE_ORDER,
-    CheckpointInfo,
-    CheckpointManager,
-    CheckpointWriteError,
+from prealign_scale.engine.callback import Callback
+from prealign_scale.engine.callbacks import (
+    Checkpointing,
+    MetricsFile,
+    Preemption,
+    Progress,
+    StepBudget,
+    TensorBoard,
+    Throughput,
 )
-from prealign_scale.engine.loop import Loggers, LoopState, StepBudget, train_phase
+from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager, CheckpointWriteError
+from prealign_scale.engine.loop import LoopState, PhaseLoop
+from prealign_scale.engine.phases import PHASE_ORDER, phase_class
 from prealign_scale.engine.probe_callback import make_probe
 from prealign_scale.engine.resolve_config import tp_size
 from prealign_scale.engine.run_folder import mark_finished
@@ -70,7 +75,7 @@ def failure_line(exc: BaseException, cfg: Config, ckpt: CheckpointManager) -> st
 
 def plan_phase(phase: str, latest: CheckpointInfo | None, cfg: Config) -> tuple[str, CheckpointInfo | None]:
     """("skip" | "resume" | "from_weights" | "fresh", checkpoint to load)."""
-    steps = getattr(cfg, phase).steps
+    steps = phase_class(phase).section(cfg).steps
     if latest is None:
         return "fresh", None
     if PHASE_ORDER[latest.phase] > PHASE_ORDER[phase]:
@@ -85,12 +90,27 @@ def plan_phase(phase: str, latest: CheckpointInfo | None, cfg: Config) -> tuple[
 
 
 def _build_phase(cfg: Config, name: str, engine):
-    from prealign_scale.engine.align_phase import AlignPhase
-    from prealign_scale.engine.lm_phase import LMPhase
     from prealign_scale.model.parallel import dp_group, dp_rank, dp_world_size
 
-    cls = AlignPhase if name == "align" else LMPhase
-    return cls(cfg, engine, dp_rank=dp_rank(), dp_world_size=dp_world_size(), dp_group=dp_group())
+    return phase_class(name)(cfg, engine, dp_rank=dp_rank(), dp_world_size=dp_world_size(), dp_group=dp_group())
+
+
+def make_callbacks(cfg: Config, ckpt: CheckpointManager, metrics: MetricsFile | None, flops_per_token,
+                   preemption: Preemption) -> list[Callback]:
+    """The run's callbacks, in the order the loop calls them: throughput, then rank 0's metrics.jsonl,
+    TensorBoard and progress bar, the alignment probe, then the stop conditions (signal, step budget), then the
+    checkpoint cadence. `metrics` is None on ranks other than 0."""
+    rank0 = metrics is not None
+    callbacks: list[Callback] = [Throughput(flops_per_token)]
+    if rank0:
+        callbacks += [metrics, TensorBoard(Path(cfg.run.out_dir) / "tensorboard", cfg.run.tensorboard,
+                                           cfg.run.log_every)]
+        if cfg.run.progress:
+            callbacks.append(Progress())
+    probe = make_probe(cfg, metrics)  # the alignment probe every run.probe_every steps (None: off)
+    if probe is not None:
+        callbacks.append(probe)
+    return callbacks + [preemption, StepBudget(cfg.run.stop_after), Checkpointing(ckpt, cfg.run.ckpt_every)]
 
 
 def _release(engine) -> None:
@@ -126,7 +146,7 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
     out = Path(cfg.run.out_dir)
     ckpt = CheckpointManager(out, cfg.run.keep_last)
     latest = ckpt.resume_point()  # verified; a damaged latest tag falls back to the previous one (warning)
-    metrics = MetricsFile(out / "metrics.jsonl") if rank0 else None
+    metrics = MetricsFile(out / "metrics.jsonl", cfg.run.log_every) if rank0 else None
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -139,19 +159,16 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
         else:
             metrics.path.unlink(missing_ok=True)  # lines of an attempt that died before its first checkpoint
     dist.barrier()
-    loggers = Loggers(metrics, TensorBoard(out / "tensorboard", cfg.run.tensorboard) if rank0 else None,
-                      cfg.run.progress)
-    preemption, budget = Preemption(), StepBudget(cfg.run.stop_after)
-    preemption.install()
     vocab = model_vocab_size(cfg)
     preset = get_preset(cfg.model.preset)
-    probe = make_probe(cfg)  # the alignment probe every run.probe_every steps (None: off)
+    preemption = Preemption()
+    callbacks = make_callbacks(cfg, ckpt, metrics, lambda s: preset.flops_per_token(vocab, s), preemption)
+    preemption.install()
     engine = None
     try:
         phases = cfg.phases()
         for name in phases:
             action, info = plan_phase(name, latest, cfg)
-            loggers.global_step_offset = cfg.align.steps if name == "lm" else 0
             if action == "skip":
                 continue
             seed_everything(cfg.run.seed)
@@ -169,11 +186,9 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                 state = LoopState(step=ours["step"], tokens=ours["train"]["tokens"])
             elif action == "from_weights":
                 ckpt.load(engine, info, restore_training_state=False)
-                reset_optimizer(engine, getattr(cfg, name).weight_decay)
+                reset_optimizer(engine, phase.section(cfg).weight_decay)
                 log0(f"phase {name}: starting from the weights of {info.tag} with a fresh optimizer")
-            result = train_phase(engine, phase, cfg, state=state, ckpt=ckpt, loggers=loggers, preemption=preemption,
-                                 budget=budget, flops_per_token=lambda s: preset.flops_per_token(vocab, s),
-                                 probe=probe)
+            result = PhaseLoop(engine, phase, cfg, state, callbacks).run()
             phase.close()
             latest = ckpt.latest()
             if result == "stopped":
@@ -204,8 +219,7 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
         print(f"[prealign] rank {dist.get_rank()}: {failure_line(exc, cfg, ckpt)}", file=sys.stderr, flush=True)
         raise
     finally:
-        preemption.uninstall()
-        if loggers.tensorboard is not None:
-            loggers.tensorboard.close()
+        for cb in callbacks:
+            cb.close()  # the signal handlers go back, TensorBoard's file is closed
         if engine is not None:
             _release(engine)

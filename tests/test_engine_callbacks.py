@@ -1,0 +1,158 @@
+"""The training loop's hooks and the phase registry, with a fake phase and engine in one process (gloo, world 1):
+hook order, the record the callbacks see, log cadence, stop agreement, checkpoint cadence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch.distributed as dist
+
+from prealign_scale import dist as pdist
+from prealign_scale.config import PHASES, Config
+from prealign_scale.engine.callback import Callback
+from prealign_scale.engine.callbacks import Checkpointing, MetricsFile, Preemption, StepBudget, Throughput
+from prealign_scale.engine.loop import LoopState, PhaseLoop
+from prealign_scale.engine.phases import PHASE_NAMES, PHASE_ORDER, phase_class, steps_before
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_rank_group():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{pdist.free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class FakeEngine:
+    def __init__(self):
+        self.optimizer = type("Opt", (), {"param_groups": [{"lr": 0.0}]})()
+        self.calls = []
+
+    def train(self):
+        self.calls.append("train")
+
+    def backward(self, loss):
+        self.calls.append("backward")
+
+    def step(self):
+        self.calls.append("step")
+
+
+class FakePhase:
+    """`total_steps` steps of 2 micro-batches of 10 tokens; the loss is the step number."""
+
+    name, grad_accum = "lm", 2
+    section = staticmethod(phase_class("lm").section)
+
+    def __init__(self, total_steps: int):
+        self.total_steps, self.fetched = total_steps, 0
+
+    def fetch(self):
+        self.fetched += 1
+        return [{"n": self.fetched}] * self.grad_accum
+
+    def prepare(self, batches):
+        return {"tokens": 10 * len(batches)}
+
+    def micro_loss(self, batch, ctx):
+        return float(batch["n"]), {"n": batch["n"]}
+
+    def step_metrics(self, stats, ctx):
+        return {"loss": float(stats[0]["n"])}
+
+    def loader_state(self):
+        return {"fetched": self.fetched}
+
+    def seq_len_for_flops(self, batches):
+        return 4
+
+
+class Recorder(Callback):
+    def __init__(self, log):
+        self.log = log
+
+    def on_phase_start(self, loop):
+        self.log.append(("on_phase_start", loop.state.step))
+
+    def pre_fetch(self, loop):
+        self.log.append(("pre_fetch", loop.state.step))
+
+    def pre_step(self, loop, batches):
+        self.log.append(("pre_step", len(batches)))
+
+    def post_step(self, loop, record):
+        self.log.append(("post_step", record["step"], sorted(record)))
+
+    def end_step(self, loop, stopping):
+        self.log.append(("end_step", loop.state.step, stopping))
+
+    def on_phase_end(self, loop):
+        self.log.append(("on_phase_end", loop.state.step))
+
+
+class FakeCheckpoints:
+    def __init__(self):
+        self.saved = []
+
+    def save(self, engine, cfg, *, phase, step, phase_steps, train_state):
+        self.saved.append((phase, step, phase_steps, train_state))
+
+
+def test_hooks_run_in_order_and_the_record_carries_throughput():
+    cfg = Config()
+    cfg.lm.steps, cfg.lm.lr, cfg.lm.warmup_frac, cfg.lm.schedule = 2, 1.0, 0.0, "constant"
+    log, engine = [], FakeEngine()
+    result = PhaseLoop(engine, FakePhase(2), cfg, LoopState(), [Throughput(lambda s: 6.0 * s), Recorder(log)]).run()
+    assert result == "done"
+    keys = sorted(["phase", "step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "data_wait", "step_time"])
+    assert log == [("on_phase_start", 0),
+                   ("pre_fetch", 0), ("pre_step", 2), ("post_step", 1, keys), ("end_step", 1, False),
+                   ("pre_fetch", 1), ("pre_step", 2), ("post_step", 2, keys), ("end_step", 2, False),
+                   ("on_phase_end", 2)]
+    assert engine.calls == ["train"] + ["backward", "step"] * 4
+    assert engine.optimizer.param_groups[0]["lr"] == 1.0
+
+
+def test_metrics_cadence_budget_stop_and_checkpoints(tmp_path):
+    cfg = Config()
+    cfg.lm.steps, cfg.lm.warmup_frac = 10, 0.0
+    metrics, ckpt, log = MetricsFile(tmp_path / "metrics.jsonl", every=3), FakeCheckpoints(), []
+    budget = StepBudget(7)
+    callbacks = [Throughput(lambda s: 1.0), metrics, Recorder(log), Preemption(), budget, Checkpointing(ckpt, 2)]
+    state = LoopState(step=1, tokens=20)  # resumed after step 1
+    assert PhaseLoop(FakeEngine(), FakePhase(10), cfg, state, callbacks).run() == "stopped"
+    recs = [json.loads(x) for x in metrics.path.read_text().splitlines()]
+    assert [(r["step"], r["tokens"], r["loss"]) for r in recs] == [(3, 60, 2.0), (6, 120, 5.0)]
+    assert list(recs[0])[:3] == ["phase", "step", "tokens"] and list(recs[0])[-5:] == [
+        "lr", "tokens_per_s", "mfu", "data_wait", "step_time"]
+    assert state.step == 8 and budget.remaining == 0  # 7 steps in this process: 2..8
+    assert [(s[1], s[3]) for s in ckpt.saved] == [(2, {"loader": {"fetched": 1}, "tokens": 40}),
+                                                  (4, {"loader": {"fetched": 3}, "tokens": 80}),
+                                                  (6, {"loader": {"fetched": 5}, "tokens": 120}),
+                                                  (8, {"loader": {"fetched": 7}, "tokens": 160})]
+    assert log[-2:] == [("end_step", 8, True), ("on_phase_end", 8)]
+
+
+def test_a_signal_stops_after_the_step_and_the_phase_end_checkpoints():
+    cfg = Config()
+    cfg.lm.steps = 3
+    ckpt, pre = FakeCheckpoints(), Preemption()
+    assert PhaseLoop(FakeEngine(), FakePhase(3), cfg, LoopState(), [pre, Checkpointing(ckpt, 0)]).run() == "done"
+    assert [s[1] for s in ckpt.saved] == [3]  # ckpt_every 0: only at the phase end
+    pre.received = "SIGUSR1"
+    ckpt.saved = []
+    assert PhaseLoop(FakeEngine(), FakePhase(3), cfg, LoopState(), [pre, Checkpointing(ckpt, 0)]).run() == "stopped"
+    assert [s[1] for s in ckpt.saved] == [1]
+
+
+def test_phase_registry_matches_the_phase_classes_and_config():
+    assert tuple(phase_class(n).name for n in PHASE_NAMES) == PHASE_NAMES
+    assert PHASES == ("all", *PHASE_NAMES)  # run.phase values
+    assert PHASE_ORDER == {"align": 0, "lm": 1}
+    cfg = Config()
+    cfg.align.steps, cfg.lm.steps = 7, 5
+    assert [phase_class(n).section(cfg).steps for n in PHASE_NAMES] == [7, 5]
+    assert (steps_before(cfg, "align"), steps_before(cfg, "lm")) == (0, 7)
+    cfg.align.entries_per_rank, cfg.lm.micro_batch_size = 8, 3
+    assert [phase_class(n).micro_batch_size(cfg) for n in PHASE_NAMES] == [8, 3]
+    assert [phase_class(n).allows_recompute for n in PHASE_NAMES] == [False, True]
