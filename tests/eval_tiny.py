@@ -60,6 +60,6 @@ def save(model, tokenizer_src: Path, folder: Path) -> Path:
 
 
 def load(folder: Path):
-    from prealign_scale.eval.model_view import HFModelView, load_hf_model
+    from prealign_scale.model.view import HFModelView, load_hf_model
 
     return HFModelView(load_hf_model(folder))

@@ -19,8 +19,8 @@ from prealign_scale.eval.knowledge import (
     read_templates,
     render_fact_documents,
 )
-from prealign_scale.eval.model_view import HFModelView
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import HFModelView
 
 TEMPLATES = {"en": {"lives_in": ["{subject} dwelt in {object} .", "the house of {subject} is in {object} ."],
                     "keeps": ["{subject} keeps {object} ."]}}

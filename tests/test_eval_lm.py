@@ -15,8 +15,8 @@ from eval_tiny import V, make_model, make_tokenizer
 from prealign_scale.data.shard_format import IGNORE_INDEX, Sample, encode_sample, sample_key, shard_name
 from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.lm_eval import document_windows, shard_lm_eval, text_lm_eval
-from prealign_scale.eval.model_view import HFModelView
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import HFModelView
 
 SEQ = 10
 

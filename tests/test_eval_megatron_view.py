@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from prealign_scale.eval.model_view import HFModelView, MegatronView, load_hf_model, pooled_vectors
-from prealign_scale.eval.probe import ProbePair, ProbeSet, run_probe
+from prealign_scale.alignment.probe import ProbePair, ProbeSet, run_probe
+from prealign_scale.alignment.word_vectors import pooled_vectors
+from prealign_scale.model.view import HFModelView, MegatronView, load_hf_model
 
 VOCAB = 128
 

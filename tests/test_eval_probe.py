@@ -7,22 +7,20 @@ import torch
 import torch.nn.functional as F
 from eval_tiny import V, ids, load, make_model, make_tokenizer, save
 
-from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
-from prealign_scale.alignment.word_vectors import layer_names
-from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.model_view import HFModelView
-from prealign_scale.eval.probe import (
+from prealign_scale.alignment.probe import (
     ProbePair,
     ProbeSet,
-    composed_pairs,
-    mid_sentence_words,
     probe_metrics,
     probe_set_from_table,
-    read_pairs_tsv,
     retrieval_credit,
     run_probe,
 )
+from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
+from prealign_scale.alignment.word_vectors import layer_names
+from prealign_scale.eval.io import EvalInputError
+from prealign_scale.eval.probe import composed_pairs, mid_sentence_words, read_pairs_tsv
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import HFModelView
 
 EN_WORDS = ["red", "blue", "green", "cat", "dog", "bird"]
 

@@ -10,7 +10,6 @@ import torch
 from eval_tiny import V, ids, make_model, make_tokenizer
 
 from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.model_view import HFModelView
 from prealign_scale.eval.text import TextEncoder, mark_clone
 from prealign_scale.eval.transfer import (
     LabelledSet,
@@ -20,6 +19,7 @@ from prealign_scale.eval.transfer import (
     train_linear_probe,
     transfer_eval,
 )
+from prealign_scale.model.view import HFModelView
 
 ANIMALS = ["cat", "dog", "bird", "fish"]
 COLOURS = ["red", "blue", "green", "black", "white"]

@@ -43,9 +43,6 @@ KNOWN_VIOLATIONS = {
     # h7-eval: the shard build config renders knowledge facts with the evaluator's code
     ("prealign_scale/data/build_config.py", "prealign_scale.eval.knowledge"),
     ("prealign_scale/data/build_config.py", "prealign_scale.eval.io"),
-    # h4-callbacks (with h1): the training-time alignment probe callback runs the evaluator's probe
-    ("prealign_scale/engine/probe_callback.py", "prealign_scale.eval.probe"),
-    ("prealign_scale/engine/probe_callback.py", "prealign_scale.eval.model_view"),
 }
 
 

@@ -25,10 +25,10 @@ from prealign_scale.alignment.build_table import build_alignment_table
 from prealign_scale.alignment.codeswitch import DictionarySwitcher, switch_document, word_uniforms
 from prealign_scale.alignment.coverage import coverage_report
 from prealign_scale.alignment.dictionaries import RawEntry, read_dictionary
+from prealign_scale.alignment.probe import probe_set_from_table
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
 from prealign_scale.alignment.words import normalize_word, split_affixes
 from prealign_scale.data.word_encoder import RustWordEncoder
-from prealign_scale.eval.probe import probe_set_from_table
 from prealign_scale.text.tokenizer import load_tokenizer, mid_sentence_forms
 
 WORDS = ("house home bank river people built near were and the of is a an by red blue green maison Haus Heim "

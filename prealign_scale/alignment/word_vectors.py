@@ -10,7 +10,8 @@ states over the word's real tokens (the mask), computed in fp32. The layers, ``n
     n + 1        unembedding    the unembedding (LM head) rows of the word's tokens
 
 Where the states come from is the caller's business: megatron's GPTModel through
-:class:`prealign_scale.model.taps.HiddenStateTaps`, an HF model through ``output_hidden_states``.
+:class:`prealign_scale.model.taps.HiddenStateTaps`, an HF model through ``output_hidden_states``; for a
+whole model, :func:`pooled_vectors` runs any :class:`prealign_scale.model.view.ModelView` batch by batch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from prealign_scale.model.view import ModelView, check_ids, length_batches, pad_right
 
 
 def layer_names(num_layers: int) -> list[str]:
@@ -41,3 +44,25 @@ def word_vectors(layer_states: Sequence[Tensor], unembedding_rows: Tensor, mask:
     pooled = [pool_words(s, mask) for s in layer_states]
     pooled.append(pool_words(unembedding_rows, mask))
     return torch.stack(pooled)
+
+
+def batch_vectors(view: ModelView, ids: Tensor, mask: Tensor) -> Tensor:
+    """Mean-pooled vectors of every probe layer for one padded batch: [num_layers + 2, b, h] (with grad)."""
+    return word_vectors(view.layer_states(ids), view.unembedding_rows(ids), mask)
+
+
+@torch.no_grad()
+def pooled_vectors(view: ModelView, seqs: Sequence[Sequence[int]], batch_size: int = 64,
+                   pad_id: int = 0) -> Tensor:
+    """Mean-pooled vectors of every probe layer for each sequence: fp32 [num_layers + 2, n, h] on the CPU."""
+    check_ids(view, seqs)
+    out: Tensor | None = None
+    for idx in length_batches([len(s) for s in seqs], batch_size):
+        ids, mask = pad_right([seqs[i] for i in idx], pad_id, view.device)
+        vecs = batch_vectors(view, ids, mask).cpu()
+        if out is None:
+            out = torch.empty(vecs.shape[0], len(seqs), vecs.shape[2], dtype=torch.float32)
+        out[:, idx] = vecs
+    assert out is not None
+    return out
+

@@ -19,8 +19,8 @@ from prealign_scale.engine.callback import Callback
 class AlignmentProbe(Callback):
     def __init__(self, cfg: Config, metrics=None):
         """`metrics`: the run's `callbacks.MetricsFile` on rank 0, None on the other ranks."""
+        from prealign_scale.alignment.probe import probe_set_from_table
         from prealign_scale.alignment.table import AlignmentTable
-        from prealign_scale.eval.probe import probe_set_from_table
 
         self.every = int(cfg.run.probe_every)
         self.metrics = metrics
@@ -32,8 +32,8 @@ class AlignmentProbe(Callback):
 
     @torch.no_grad()
     def __call__(self, engine, phase: str, step: int) -> dict:
-        from prealign_scale.eval.model_view import MegatronView
-        from prealign_scale.eval.probe import probe_metrics, run_probe
+        from prealign_scale.alignment.probe import probe_metrics, run_probe
+        from prealign_scale.model.view import MegatronView
 
         result = run_probe(MegatronView(engine.module), self.probe_set)
         return {"kind": "probe", "phase": phase, "step": step, **probe_metrics(result)}

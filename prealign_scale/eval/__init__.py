@@ -1,6 +1,6 @@
 """The evaluation suite (METHOD.md §5; docs/evaluation.md).
 
-- `model_view`: the model interface (HF export or the engine's megatron GPTModel) and batched pooling/scoring
+- `prealign_scale.model.view`: the model interface (HF export or the engine's megatron GPTModel) and batched pooling/scoring
 - `text`: text -> ids per language (English-Clone shift); `io`: input files with ``file:line`` errors
 - `lm_eval`: per-language loss / perplexity; `probe`: alignment probe; `retrieval`: sentence retrieval
 - `knowledge`: fact rendering and querying; `transfer`: zero-shot cross-lingual transfer

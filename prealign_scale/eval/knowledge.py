@@ -29,8 +29,8 @@ from pathlib import Path
 
 from prealign_scale.alignment.clone import CLONE, EN
 from prealign_scale.eval.io import EvalInputError, line_of, read_json, read_jsonl
-from prealign_scale.eval.model_view import ModelView, sequence_logprobs
 from prealign_scale.eval.text import TextEncoder, mark_clone
+from prealign_scale.model.view import ModelView, sequence_logprobs
 
 Templates = dict[str, dict[str, list[str]]]  # lang -> relation -> templates
 

@@ -25,8 +25,8 @@ import numpy as np
 from prealign_scale.data.shard_format import IGNORE_INDEX, Sample, SampleFormatError, decode_sample
 from prealign_scale.data.shard_reader import load_manifest
 from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.model_view import ModelView, length_batches, pad_right, token_nll
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import ModelView, length_batches, pad_right, token_nll
 
 
 def summarize(nll_sum: float, tokens: int) -> dict:

@@ -6,7 +6,7 @@
 - :func:`plot_probe_layers`: one evaluation's probe (and sentence retrieval) per layer.
 - :func:`plot_loss_curves`: per-language LM loss (``loss_<lang>`` fields of phase ``lm`` records) over steps,
   one line per arm. :func:`plot_probe_over_training`: alignment probe fields (``probe_<group>_<stat>``, per
-  layer lists, see `prealign_scale.eval.probe.probe_metrics`) over training, one line per layer.
+  layer lists, see `prealign_scale.alignment.probe.probe_metrics`) over training, one line per layer.
 """
 
 from __future__ import annotations

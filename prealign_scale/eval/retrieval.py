@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prealign_scale.alignment.probe import ProbePair, ProbeSet, run_probe, subsample
 from prealign_scale.eval.io import EvalInputError, read_jsonl
-from prealign_scale.eval.model_view import ModelView
-from prealign_scale.eval.probe import ProbePair, ProbeSet, run_probe, subsample
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import ModelView
 
 
 def read_parallel(path: str | Path) -> list[tuple[int, str, str]]:

@@ -25,14 +25,15 @@ from typing import Any
 import torch
 import yaml
 
+from prealign_scale.alignment import probe as core  # the probe core, shared with training
 from prealign_scale.alignment.clone import CLONE, EN
 from prealign_scale.alignment.table import AlignmentTable
 from prealign_scale.config_loader import ConfigError, fill, read_yaml, where_of
 from prealign_scale.data.shard_format import MANIFEST_NAME, Manifest
 from prealign_scale.eval import knowledge, lm_eval, probe, retrieval, transfer
 from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.model_view import HFModelView, load_hf_model
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import HFModelView, load_hf_model
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "data" / "eval"  # the shipped sets (make_eval_sets.py)
 
@@ -220,30 +221,30 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["lm"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    groups: dict[str, list[probe.ProbePair]] = {}
-    composed: list[probe.ProbePair] = []
+    groups: dict[str, list[core.ProbePair]] = {}
+    composed: list[core.ProbePair] = []
     table_dir = cfg.probe_table if cfg.probe_table is not None else \
         _resolve((run_cfg.get("data") or {}).get("table_dir"), run_dir)
     if table_dir:
         table = AlignmentTable.load(table_dir)
-        groups.update(probe.probe_set_from_table(table, cfg.probe_max_pairs, cfg.seed).groups)
+        groups.update(core.probe_set_from_table(table, cfg.probe_max_pairs, cfg.seed).groups)
         if cfg.probe_composed_text:
             pairs = probe.composed_pairs(table, enc, _read_texts(cfg.probe_composed_text))
             if not pairs:
                 raise EvalInputError(f"{cfg.probe_composed_text}: no word of this text is made of several seen "
                                      f"tokens of {table_dir} (probe_composed_text)")
-            composed = probe.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
+            composed = core.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
     elif cfg.probe_composed_text:
         raise ValueError("eval config: probe_composed_text needs the alignment table (probe_table, or the run's "
                          "data.table_dir)")
     for item in cfg.probe_pairs:
         name = item.get("name") or Path(item["path"]).stem
         pairs = probe.read_pairs_tsv(item["path"], enc, item["src_lang"], item["tgt_lang"])
-        groups[f"tsv:{name}"] = probe.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
+        groups[f"tsv:{name}"] = core.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
     if groups:
-        results["probe"] = probe.run_probe(view, probe.ProbeSet(groups), max(bs, 64), enc.pad_id)
+        results["probe"] = core.run_probe(view, core.ProbeSet(groups), max(bs, 64), enc.pad_id)
         if composed:  # its own forward batches, so the other groups' numbers are those of a run without it
-            extra = probe.run_probe(view, probe.ProbeSet({probe.COMPOSED_GROUP: composed}), max(bs, 64), enc.pad_id)
+            extra = core.run_probe(view, core.ProbeSet({probe.COMPOSED_GROUP: composed}), max(bs, 64), enc.pad_id)
             results["probe"]["groups"][probe.COMPOSED_GROUP] = extra["groups"][probe.COMPOSED_GROUP]
         results["probe"]["table"] = str(table_dir) if table_dir else None
         seconds["probe"] = time.perf_counter() - t0
@@ -267,7 +268,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         langs = cfg.knowledge_langs
         if langs is None:
             langs = list(temps) + ([CLONE] if offset and CLONE not in temps and EN in temps else [])
-        asked = probe.subsample(facts, cfg.knowledge_max_facts, cfg.seed)
+        asked = core.subsample(facts, cfg.knowledge_max_facts, cfg.seed)
         results["knowledge"] = {lang: knowledge.query_facts(view, enc, facts, temps, lang, batch_size=max(bs, 64),
                                                             queries_of=asked) for lang in langs}
         seconds["knowledge"] = time.perf_counter() - t0

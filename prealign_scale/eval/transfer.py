@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prealign_scale.alignment.word_vectors import layer_names, pool_words
+from prealign_scale.alignment.word_vectors import layer_names, pool_words, pooled_vectors
 from prealign_scale.eval.io import EvalInputError, read_jsonl
-from prealign_scale.eval.model_view import HFModelView, ModelView, pad_right, pooled_vectors
 from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import HFModelView, ModelView, pad_right
 
 
 @dataclass

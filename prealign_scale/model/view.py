@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prealign_scale.alignment.word_vectors import word_vectors
 from prealign_scale.model.taps import UNEMBED_ATTR, HiddenStateTaps
 
 
@@ -150,7 +149,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _check_ids(view: ModelView, seqs: Sequence[Sequence[int]]) -> None:
+def check_ids(view: ModelView, seqs: Sequence[Sequence[int]]) -> None:
     for n, s in enumerate(seqs):
         if len(s) == 0:
             raise ValueError(f"sequence {n} is empty")
@@ -158,27 +157,6 @@ def _check_ids(view: ModelView, seqs: Sequence[Sequence[int]]) -> None:
         if bad:
             raise ValueError(f"sequence {n} has ids {bad[:5]} outside the model's vocabulary [0, {view.vocab_size})"
                              f" (wrong tokenizer, or a Clone id for a model without Clone?)")
-
-
-def batch_vectors(view: ModelView, ids: Tensor, mask: Tensor) -> Tensor:
-    """Mean-pooled vectors of every probe layer for one padded batch: [num_layers + 2, b, h] (with grad)."""
-    return word_vectors(view.layer_states(ids), view.unembedding_rows(ids), mask)
-
-
-@torch.no_grad()
-def pooled_vectors(view: ModelView, seqs: Sequence[Sequence[int]], batch_size: int = 64,
-                   pad_id: int = 0) -> Tensor:
-    """Mean-pooled vectors of every probe layer for each sequence: fp32 [num_layers + 2, n, h] on the CPU."""
-    _check_ids(view, seqs)
-    out: Tensor | None = None
-    for idx in length_batches([len(s) for s in seqs], batch_size):
-        ids, mask = pad_right([seqs[i] for i in idx], pad_id, view.device)
-        vecs = batch_vectors(view, ids, mask).cpu()
-        if out is None:
-            out = torch.empty(vecs.shape[0], len(seqs), vecs.shape[2], dtype=torch.float32)
-        out[:, idx] = vecs
-    assert out is not None
-    return out
 
 
 @torch.no_grad()
@@ -193,7 +171,7 @@ def token_nll(view: ModelView, ids: Tensor, targets: Tensor) -> Tensor:
 def sequence_logprobs(view: ModelView, seqs: Sequence[Sequence[int]], batch_size: int = 64,
                       pad_id: int = 0) -> list[float]:
     """Sum of log p(s[i] | s[:i]) over i >= 1 for each sequence (the first token is context only)."""
-    _check_ids(view, seqs)
+    check_ids(view, seqs)
     out = [0.0] * len(seqs)
     for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask = pad_right([seqs[i] for i in idx], pad_id, view.device)
