@@ -31,6 +31,7 @@ from prealign_scale.alignment.table import AlignmentTable
 from prealign_scale.eval import knowledge, lm_eval, probe, retrieval, transfer
 from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.model_view import HFModelView, load_hf_model
+from prealign_scale.eval.progress import count_forwards, end_section, start_section
 from prealign_scale.eval.text import TextEncoder
 
 EVAL_DATA = Path(__file__).resolve().parents[2] / "data" / "eval"  # the shipped sets (make_eval_sets.py)
@@ -46,6 +47,7 @@ class EvalConfig:
     batch_size: int = 32
     max_len: int = 256  # tokens per text window / sentence / passage
     seed: int = 0
+    progress: bool = True  # a tqdm bar per section on stderr (sequences run so far, rate)
     shipped_sets: bool = False  # fill unset facts / transfer / retrieval inputs with data/eval's sets
     # language modelling
     lm_shards: str | None = None  # held-out shard folder
@@ -196,6 +198,8 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         raise ValueError(f"eval config: dtype {cfg.dtype!r} is not one of float32, bfloat16, float16")
     model = load_hf_model(hf_dir, cfg.device, getattr(torch, cfg.dtype))
     view = HFModelView(model)
+    if cfg.progress:
+        count_forwards(view)  # every forward batch moves the open section's bar
     from prealign_scale.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(cfg.tokenizer_dir or hf_dir)
@@ -213,6 +217,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
 
     t0 = time.perf_counter()
     lm: dict[str, Any] = {}
+    start_section("perplexity", cfg.progress and bool(cfg.lm_shards or cfg.lm_texts))
     if cfg.lm_shards:
         lm["shards"] = lm_eval.shard_lm_eval(view, cfg.lm_shards, max_samples=cfg.lm_max_samples, batch_size=bs,
                                              doc_attention=cfg.lm_doc_attention, pad_id=enc.pad_id)
@@ -224,6 +229,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["lm"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("probe", cfg.progress and (cfg.probe_table != "" or bool(cfg.probe_pairs)))
     groups: dict[str, list[probe.ProbePair]] = {}
     composed: list[probe.ProbePair] = []
     table_dir = cfg.probe_table if cfg.probe_table is not None else \
@@ -253,6 +259,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["probe"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("retrieval", cfg.progress and bool(cfg.retrieval))
     if cfg.retrieval:
         results["retrieval"] = {
             item.get("name") or Path(item["path"]).stem: retrieval.sentence_retrieval(
@@ -263,6 +270,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["retrieval"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("knowledge", cfg.progress and bool(cfg.facts))
     if cfg.facts:
         if not cfg.templates:
             raise ValueError("eval config: facts needs templates (a JSON file of templates per language)")
@@ -277,11 +285,13 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["knowledge"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("transfer", cfg.progress and bool(cfg.transfer_train))
     if cfg.transfer_train:
         results["transfer"] = transfer.transfer_eval(
             view, enc, cfg.transfer_train, cfg.transfer_train_lang, cfg.transfer_tests,
             finetune=cfg.transfer_finetune, probe_layer=cfg.probe_layer, max_len=cfg.max_len, batch_size=bs,
             finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, seed=cfg.seed)
         seconds["transfer"] = time.perf_counter() - t0
+    end_section()
     results["seconds"] = seconds
     return results
