@@ -4,9 +4,11 @@
 
 Writes OUT/runs/<run>.json (each run's eval results plus its probe records from metrics.jsonl, small
 enough to commit), OUT/table.md (mean ± half-range over seeds per size and arm, from those JSON files, so
-the table regenerates without re-training: `--from-json`, rows in the sweep's order, byte for byte),
+the table regenerates without re-training: `--from-json`, rows in the sweep's order, byte for byte; its
+columns come from the results, for any language pair: `prealign_scale.eval.report.table_keys`),
 OUT/probe_phases.md (the training probe at init, after phase 1, at the end), and PNG plots: LM loss per
-language and arm, alignment cosine per layer over training. The evaluator's probe at init and after phase 1 (with the
+language and arm (loss_<size>.png), alignment cosine per layer over training (probe_<size>_<arm>.png; an
+absent axis drops out of the name: loss.png, probe_<arm>.png). The evaluator's probe at init and after phase 1 (with the
 unseen-composed group) is launchers/probe_phase1.py's.
 """
 
@@ -19,14 +21,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prealign_scale.eval.report import compare_markdown, plot_loss_curves, plot_probe_over_training
+from prealign_scale.eval.report import (
+    compare_markdown,
+    plot_loss_curves,
+    plot_probe_over_training,
+    table_keys,
+)
 from prealign_scale.launch.sweep import expand_sweep, load_sweep
 from prealign_scale.launch.sweep_local import run_dir_of
 
-TABLE_KEYS = ["ppl clone", "ppl en", "align acc seen (best layer)", "align acc unseen (best layer)",
-              "cos seen true-random (final_norm)", "cos unseen true-random (final_norm)", "knowledge clone",
-              "knowledge en", "transfer probe en", "transfer probe clone", "transfer finetune clone",
-              "retrieval kjv_heldout (best layer)"]
+
+def plot_name(*parts: str | None) -> str:
+    """A plot's file name from its non-empty parts: ``loss_3m.png``, or ``loss.png`` without a size axis."""
+    return "_".join(p for p in parts if p) + ".png"
 
 
 def probe_records(metrics: Path) -> list[dict]:
@@ -100,7 +107,7 @@ def main(argv=None) -> int:
     for r in rows:
         labels = r["labels"]
         groups.setdefault(f"{labels.get('size', '')} {labels.get('arm', '')}".strip(), []).append(r["results"])
-    (out / "table.md").write_text(compare_markdown(groups, TABLE_KEYS))
+    (out / "table.md").write_text(compare_markdown(groups, table_keys([r["results"] for r in rows])))
     (out / "probe_phases.md").write_text(probe_phase_table(rows))
     print((out / "table.md").read_text())
     if not a.from_json:  # plots need the run folders' metrics.jsonl
@@ -111,10 +118,10 @@ def main(argv=None) -> int:
             for r in rows:
                 if r["labels"].get("size") == size:
                     first_seed.setdefault(r["labels"].get("arm"), run_dir_of(specs[r["name"]]) / "metrics.jsonl")
-            plot_loss_curves(first_seed, out / f"loss_{size}.png", phase="lm")
+            plot_loss_curves(first_seed, out / plot_name("loss", size), phase="lm")
             for arm, metrics in first_seed.items():
                 if probe_records(metrics):
-                    plot_probe_over_training(metrics, out / f"probe_{size}_{arm}.png")
+                    plot_probe_over_training(metrics, out / plot_name("probe", size, arm))
     print(f"[report] {len(rows)} runs -> {out}/ (table.md, probe_phases.md, runs/*.json, *.png)")
     return 0
 

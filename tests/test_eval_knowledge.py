@@ -10,15 +10,9 @@ import torch
 import torch.nn.functional as F
 from eval_tiny import V, ids, make_model, make_tokenizer
 
+from prealign_scale.data.facts import Fact, read_facts, read_templates, render_fact_documents
 from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.knowledge import (
-    Fact,
-    candidates_by_relation,
-    query_facts,
-    read_facts,
-    read_templates,
-    render_fact_documents,
-)
+from prealign_scale.eval.knowledge import candidates_by_relation, query_facts
 from prealign_scale.eval.text import TextEncoder
 from prealign_scale.model.view import HFModelView
 

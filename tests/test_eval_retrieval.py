@@ -9,9 +9,10 @@ import pytest
 import torch
 from eval_tiny import V, make_model, make_tokenizer
 
+from prealign_scale.alignment.clone import mark_clone
 from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.retrieval import read_parallel, sentence_retrieval
-from prealign_scale.eval.text import TextEncoder, mark_clone
+from prealign_scale.eval.text import TextEncoder
 from prealign_scale.model.view import HFModelView
 
 SENTENCES = ["the red cat", "the dog is old", "a big bird keeps fish .", "the new house of the father",

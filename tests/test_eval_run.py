@@ -10,13 +10,13 @@ import pytest
 import yaml
 from eval_tiny import V, ids, make_model, make_tokenizer, save
 
+from prealign_scale.alignment.clone import mark_clone, unmark_clone
 from prealign_scale.alignment.probe import probe_set_from_table, run_probe
 from prealign_scale.alignment.table import ALIGN, HELDOUT, AlignmentTable, Entry
+from prealign_scale.data.facts import read_facts, read_templates, render_fact_documents
 from prealign_scale.eval.eval_sets import GENRES, corpus_words, passages, read_corpus, write_eval_sets
-from prealign_scale.eval.knowledge import read_facts, read_templates, render_fact_documents
 from prealign_scale.eval.retrieval import read_parallel
 from prealign_scale.eval.run_eval import EVAL_DATA, EvalConfig, evaluate, with_shipped_sets
-from prealign_scale.eval.text import mark_clone, unmark_clone
 from prealign_scale.eval.transfer import read_labelled
 from prealign_scale.model.view import HFModelView, load_hf_model
 

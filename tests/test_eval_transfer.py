@@ -9,8 +9,9 @@ import pytest
 import torch
 from eval_tiny import V, ids, make_model, make_tokenizer
 
+from prealign_scale.alignment.clone import mark_clone
 from prealign_scale.eval.io import EvalInputError
-from prealign_scale.eval.text import TextEncoder, mark_clone
+from prealign_scale.eval.text import TextEncoder
 from prealign_scale.eval.transfer import (
     LabelledSet,
     finetune_transfer,

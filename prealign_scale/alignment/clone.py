@@ -38,6 +38,19 @@ def clone_word(word: str) -> str:
     return CLONE_MARK + word
 
 
+_MARKED = re.compile(r"(^|(?<=\s))" + re.escape(CLONE_MARK))
+
+
+def mark_clone(text: str) -> str:
+    """The marked display form of a Clone text: ``"the house,"`` -> ``"§the §house,"``."""
+    return _WORD.sub(lambda m: CLONE_MARK + m.group(0), text)
+
+
+def unmark_clone(text: str) -> str:
+    """Remove the Clone mark that starts each whitespace-separated piece: ``"§the §house,"`` -> ``"the house,"``."""
+    return _MARKED.sub("", text)
+
+
 class CloneTokenizer:
     """An English tokenizer seen as a two-language tokenizer over 2V ids (English: [0, V), Clone: [V, 2V)).
 

@@ -54,7 +54,7 @@ class BuildConfig:
         """The rendered fact documents (empty without facts); a pure function of the config."""
         if not self.facts:
             return []
-        from prealign_scale.eval.knowledge import read_facts, read_templates, render_fact_documents
+        from prealign_scale.data.facts import read_facts, read_templates, render_fact_documents
 
         return render_fact_documents(read_facts(self.facts), read_templates(self.fact_templates),
                                      self.resolved_facts_lang(), self.fact_repeats, self.seed)
@@ -200,7 +200,7 @@ def _prepare(cfg: BuildConfig) -> Prepared:
     if set(cfg.resolved_switch_langs()) & set(cfg.clone_langs):
         raise BuildError("switch_langs: a Clone language cannot be code-switched (it is the target side)")
     if cfg.facts:
-        from prealign_scale.eval.io import EvalInputError
+        from prealign_scale.data.input_files import InputFileError
 
         if not cfg.fact_templates:
             raise BuildError("fact_templates: needed with facts (JSON {lang: {relation: [templates]}})")
@@ -210,7 +210,7 @@ def _prepare(cfg: BuildConfig) -> Prepared:
             raise BuildError(f"fact_repeats: must be an integer >= 1, got {cfg.fact_repeats!r}")
         try:
             cfg.fact_documents()
-        except (EvalInputError, OSError, ValueError) as exc:
+        except (InputFileError, OSError, ValueError) as exc:
             raise BuildError(f"facts: {exc}") from exc
     if cfg.mixture is not None:
         if set(cfg.mixture) != set(cfg.corpora):

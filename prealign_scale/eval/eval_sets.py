@@ -20,8 +20,8 @@ import random
 import re
 from pathlib import Path
 
-from prealign_scale.eval.knowledge import Fact, read_facts, read_templates, render_fact_documents
-from prealign_scale.eval.text import mark_clone
+from prealign_scale.alignment.clone import mark_clone
+from prealign_scale.data.facts import Fact, read_facts, read_templates, render_fact_documents
 
 GENRES = ("law", "history", "poetry", "prophets", "gospels", "epistles")
 

@@ -1,118 +1,13 @@
-"""Reading the evaluation suite's input files, with errors that name ``file:line``.
+"""The evaluators' input-file readers: `prealign_scale.data.input_files`, under the evaluation suite's names.
 
-Every evaluator reads user files through these helpers (JSONL records, JSON documents, TSV word pairs), so
-a bad line is reported the same way everywhere: :class:`EvalInputError` with ``path:line: what is wrong``.
-Files may be gzip-compressed (``.gz``).
+The readers live in the data layer because the fact files (`prealign_scale.data.facts`) are read both when
+shards are built and when the model is evaluated; :class:`EvalInputError` is the same class as
+:class:`~prealign_scale.data.input_files.InputFileError`, so ``except EvalInputError`` catches both.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from prealign_scale.data.input_files import InputFileError as EvalInputError
+from prealign_scale.data.input_files import iter_lines, line_of, read_json, read_jsonl, read_tsv
 
-
-class EvalInputError(ValueError):
-    """A bad evaluation input file; the message starts with ``path:line`` (or ``path`` for whole-file faults)."""
-
-
-def _read_text(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise EvalInputError(f"{p}: no such file")
-    try:
-        raw = p.read_bytes()
-        if p.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        return raw.decode("utf-8")
-    except (OSError, EOFError) as exc:
-        raise EvalInputError(f"{p}: cannot read: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise EvalInputError(f"{p}:{line}: invalid UTF-8 ({exc.reason})") from exc
-
-
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its terminator) of a text file; blank lines are skipped."""
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if line.strip():
-            yield lineno, line
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
-
-
-def _type_name(types: type | tuple[type, ...]) -> str:
-    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in (types if isinstance(types, tuple) else (types,)))
-
-
-def read_jsonl(path: str | Path, fields: dict[str, type | tuple[type, ...]]) -> list[tuple[int, dict]]:
-    """(line number, record) of every non-blank line of a JSONL file.
-
-    Each line must be a JSON object holding every key of `fields` with a value of the given type (a ``str``
-    field must also be non-empty). Extra keys are kept. Raises :class:`EvalInputError` at the first bad line.
-    """
-    out = []
-    for lineno, line in iter_lines(path):
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-        if not isinstance(rec, dict):
-            raise EvalInputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for key, types in fields.items():
-            if key not in rec:
-                raise EvalInputError(f"{where}: missing field {key!r} (need {sorted(fields)})")
-            value = rec[key]
-            if not isinstance(value, types) or isinstance(value, bool):
-                raise EvalInputError(f"{where}: field {key!r} must be {_type_name(types)}, got {value!r}")
-            if isinstance(value, str) and not value.strip():
-                raise EvalInputError(f"{where}: field {key!r} is empty")
-        out.append((lineno, rec))
-    if not out:
-        raise EvalInputError(f"{path}: no records (the file is empty)")
-    return out
-
-
-def read_json(path: str | Path) -> tuple[Any, str]:
-    """(parsed JSON value, the file's text); invalid JSON raises with ``path:line``."""
-    text = _read_text(path)
-    try:
-        return json.loads(text), text
-    except json.JSONDecodeError as exc:
-        raise EvalInputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-
-
-def line_of(text: str, *keys: str) -> int:
-    """Best-effort line of a value in a JSON text: the first line holding the JSON literal of ``keys[-1]``
-    after the lines holding the literals of the earlier keys (in order); 1 when not found."""
-    lines = text.splitlines()
-    start = 0
-    for key in keys:
-        lit = json.dumps(key, ensure_ascii=False)
-        lit_ascii = json.dumps(key)
-        for i in range(start, len(lines)):
-            if lit in lines[i] or lit_ascii in lines[i]:
-                start = i
-                break
-        else:
-            return start + 1
-    return start + 1
-
-
-def read_tsv(path: str | Path, columns: int) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of a TSV file with exactly `columns` non-empty tab-separated fields per line."""
-    out = []
-    for lineno, line in iter_lines(path):
-        parts = line.split("\t")
-        if len(parts) != columns:
-            raise EvalInputError(f"{path}:{lineno}: expected {columns} tab-separated columns, got {len(parts)}")
-        if any(not p.strip() for p in parts):
-            raise EvalInputError(f"{path}:{lineno}: empty column in {line!r}")
-        out.append((lineno, [p.strip() for p in parts]))
-    if not out:
-        raise EvalInputError(f"{path}: no records (the file is empty)")
-    return out
+__all__ = ["EvalInputError", "iter_lines", "line_of", "read_json", "read_jsonl", "read_tsv"]

@@ -1,175 +1,219 @@
 """Cross-lingual knowledge application (METHOD.md §5): facts learnt in the source language, asked in the target.
 
-Inputs (both documented in docs/evaluation.md):
+The fact and template files and the training documents are `prealign_scale.data.facts`' (re-exported here);
+subjects and objects may carry per-language names. This module asks the facts.
 
-- facts, JSONL: ``{"subject": "Zabulek", "relation": "lives_in", "object": "Hebron"}`` per line. A
-  (subject, relation) has exactly one object.
-- templates, JSON: ``{"en": {"lives_in": ["{subject} dwelt in {object}.", ...], ...}, "de": {...}}``; every
-  template holds ``{subject}`` and ``{object}`` once each. For ``"clone"`` (English-Clone) the templates are
-  the English ones (a ``"clone"`` section, if present, is used instead); rendering "in Clone" means
-  tokenising the English text and shifting the ids by V (`prealign_scale.eval.text`).
+Query side (:func:`query_facts`): for each fact and each template of its relation in the asked language
+`lang`, every candidate object (all objects that the facts file pairs with that relation, by their `lang`
+names) is substituted with the subject's `lang` name, and the whole sentence is scored by its log-likelihood
+(sum over its tokens after the first). The query is right when the true object scores highest; ties share
+the credit (1/k for a k-way tie at the top; scores within a relative 1e-6 of the best tie, as float rounding
+of a batched forward differs by about 1e-7), so a constant model scores chance. ``accuracy`` is the mean over
+queries (fact x template); ``per_relation`` comes with it, and three baselines, each a mean over the same
+queries, to tell a learnt fact from a learnt prior:
 
-Training side: :func:`render_fact_documents` writes the facts with the *source-language* templates into
-documents that the data tool mixes into the source-language training corpus only.
+- ``chance``: 1 / candidates.
+- ``majority``: always answering the relation's most frequent object (counted over all facts, by `lang` name;
+  a k-way tie for most frequent shares the credit).
+- ``subject_blind``: the model's own choice among the same candidates with the subject left out of the
+  sentence (``{subject}`` removed, runs of whitespace collapsed): what the model's prior over objects alone
+  answers. A model that learnt the facts beats it; one that learnt only which objects are common does not.
 
-Query side (:func:`query_facts`): for each fact and each target-language template of its relation, every
-candidate object (all objects the facts file pairs with that relation) is substituted, and the whole
-sentence is scored by its log-likelihood (sum over its tokens after the first; the text before the object is
-the same for all candidates). The query is right when the true object scores highest; ties share the credit
-(1/k for a k-way tie at the top), so a constant model scores chance. ``accuracy`` is the mean over queries
-(fact x template); ``per_relation`` and ``chance`` (mean of 1 / candidates) come with it.
+Speed: the candidates of one query share the tokens before the object (the prompt). :func:`score_candidates`
+runs that prompt once and scores all continuations on its key/value cache (prompts of the same length in one
+batch); :func:`score_candidates_reference` is the plain path (every sentence in full), kept as the reference
+that the tests and ``benchmarks/bench_knowledge_eval.py`` compare against. Both give the same scores up to
+float rounding.
 """
 
 from __future__ import annotations
 
-import random
-import string
-from dataclasses import dataclass
-from pathlib import Path
+from collections import Counter
+from collections.abc import Callable, Sequence
 
-from prealign_scale.alignment.clone import CLONE, EN
-from prealign_scale.eval.io import EvalInputError, line_of, read_json, read_jsonl
-from prealign_scale.eval.text import TextEncoder, mark_clone
-from prealign_scale.model.view import ModelView, sequence_logprobs
+import torch
+import torch.nn.functional as F
 
-Templates = dict[str, dict[str, list[str]]]  # lang -> relation -> templates
+from prealign_scale.data.facts import (
+    Fact,
+    Templates,
+    render,
+    templates_for,
+)
+from prealign_scale.eval.text import TextEncoder
+from prealign_scale.model.view import ModelView, check_ids, sequence_logprobs
 
-
-@dataclass(frozen=True)
-class Fact:
-    subject: str
-    relation: str
-    object: str
-    where: str = ""  # "path:line" of the fact, for error messages
+Scorer = Callable[[ModelView, Sequence[Sequence[Sequence[int]]], int, int], list[list[float]]]
 
 
-def read_facts(path: str | Path) -> list[Fact]:
-    """Facts from a JSONL file; errors name ``path:line`` (invalid JSON, missing or empty field, a
-    (subject, relation) given two different objects)."""
-    facts: list[Fact] = []
-    seen: dict[tuple[str, str], Fact] = {}
-    for lineno, rec in read_jsonl(path, {"subject": str, "relation": str, "object": str}):
-        f = Fact(rec["subject"].strip(), rec["relation"].strip(), rec["object"].strip(), f"{path}:{lineno}")
-        prev = seen.get((f.subject, f.relation))
-        if prev is not None:
-            if prev.object != f.object:
-                raise EvalInputError(f"{f.where}: {f.subject!r} {f.relation!r} has object {f.object!r} here but "
-                                     f"{prev.object!r} at {prev.where}; a (subject, relation) needs one object")
-            continue
-        seen[(f.subject, f.relation)] = f
-        facts.append(f)
-    return facts
-
-
-def _template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-
-
-def check_templates(obj: object, where: str, text: str = "") -> Templates:
-    """Validate the templates structure (see the module docstring); errors name ``where:line``."""
-    if not isinstance(obj, dict) or not obj:
-        raise EvalInputError(f"{where}:1: expected an object {{lang: {{relation: [templates]}}}}")
-    for lang, rels in obj.items():
-        if not isinstance(rels, dict) or not rels:
-            raise EvalInputError(f"{where}:{line_of(text, lang)}: {lang!r} must map relations to template lists")
-        for rel, temps in rels.items():
-            line = line_of(text, lang, rel)
-            if not isinstance(temps, list) or not temps or not all(isinstance(t, str) for t in temps):
-                raise EvalInputError(f"{where}:{line}: {lang}.{rel} must be a non-empty list of strings")
-            for t in temps:
-                try:
-                    names = sorted(_template_fields(t))
-                except ValueError as exc:
-                    raise EvalInputError(f"{where}:{line_of(text, lang, rel, t)}: template {t!r}: {exc}") from exc
-                if names != ["object", "subject"]:
-                    raise EvalInputError(f"{where}:{line_of(text, lang, rel, t)}: template {t!r} must hold "
-                                         f"{{subject}} and {{object}} once each (found {names})")
-    return obj  # type: ignore[return-value]
-
-
-def read_templates(path: str | Path) -> Templates:
-    obj, text = read_json(path)
-    return check_templates(obj, str(path), text)
-
-
-def templates_for(templates: Templates, lang: str, relation: str, where: str = "") -> list[str]:
-    """The templates of `relation` in `lang` ("clone": the Clone section, else the English one)."""
-    at = f"{where}: " if where else ""
-    section = templates.get(lang)
-    if section is None and lang == CLONE:
-        section = templates.get(EN)
-    if section is None:
-        raise EvalInputError(f"{at}no templates for language {lang!r} (the file has {sorted(templates)})")
-    if relation not in section:
-        raise EvalInputError(f"{at}relation {relation!r} has no {lang!r} template (known: {sorted(section)})")
-    return section[relation]
-
-
-def render(template: str, subject: str, obj: str) -> str:
-    return template.replace("{subject}", subject).replace("{object}", obj)
-
-
-def render_fact_documents(facts: list[Fact], templates: Templates, lang: str, repeats: int, seed: int,
-                          facts_per_doc: int = 1) -> list[str]:
-    """Training documents stating every fact `repeats` times in language `lang`.
-
-    Repeat r of fact i uses template ``(i + r) % n_templates`` of its relation (so the paraphrases are used in
-    turn); all ``len(facts) * repeats`` sentences are shuffled with ``random.Random(seed)`` and joined, space
-    separated, into documents of `facts_per_doc` sentences. In ``"clone"`` the text is written in the marked
-    Clone form ("§Zabulek §dwelt §in §Hebron.").
-    """
-    if repeats < 0 or facts_per_doc < 1:
-        raise ValueError(f"need repeats >= 0 and facts_per_doc >= 1, got {repeats}, {facts_per_doc}")
-    sentences = []
-    for i, f in enumerate(facts):
-        temps = templates_for(templates, lang, f.relation, f.where)
-        for r in range(repeats):
-            sentences.append(render(temps[(i + r) % len(temps)], f.subject, f.object))
-    random.Random(seed).shuffle(sentences)
-    docs = [" ".join(sentences[k : k + facts_per_doc]) for k in range(0, len(sentences), facts_per_doc)]
-    return [mark_clone(d) for d in docs] if lang == CLONE else docs
-
-
-def candidates_by_relation(facts: list[Fact]) -> dict[str, list[str]]:
-    """Every object seen with each relation, sorted (the candidate answers of its queries)."""
+def candidates_by_relation(facts: list[Fact], lang: str | None = None) -> dict[str, list[str]]:
+    """Every object seen with each relation, by its `lang` name, sorted (the candidate answers of its queries).
+    ``lang=None``: the objects must be plain strings."""
     out: dict[str, set[str]] = {}
     for f in facts:
-        out.setdefault(f.relation, set()).add(f.object)
+        out.setdefault(f.relation, set()).add(f.object_in(lang))
     return {rel: sorted(objs) for rel, objs in sorted(out.items())}
 
 
+def render_blind(template: str, obj: str) -> str:
+    """The template with the subject left out and `obj` filled in (whitespace runs collapsed)."""
+    return " ".join(render(template, "", obj).split())
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+def score_candidates_reference(view: ModelView, groups: Sequence[Sequence[Sequence[int]]], batch_size: int = 64,
+                               pad_id: int = 0) -> list[list[float]]:
+    """Log-likelihood of every candidate sequence of every group, each sequence run in full (the plain path;
+    identical sequences are scored once)."""
+    index: dict[tuple[int, ...], int] = {}
+    for seqs in groups:
+        for s in seqs:
+            index.setdefault(tuple(s), len(index))
+    scores = sequence_logprobs(view, list(index), batch_size, pad_id)
+    return [[scores[index[tuple(s)]] for s in seqs] for seqs in groups]
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix that all `seqs` share (at most the shortest one's length)."""
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs):
+            return k
+    return n
+
+
+@torch.no_grad()
+def score_candidates(view: ModelView, groups: Sequence[Sequence[Sequence[int]]], batch_size: int = 64,
+                     pad_id: int = 0) -> list[list[float]]:
+    """The scores of :func:`score_candidates_reference`, with each group's shared prompt run once.
+
+    A group's score of sequence s with shared prefix p (P tokens) is
+    ``sum_{i=1}^{P-1} log p(p_i | p_<i) + sum_{j>=P} log p(s_j | s_<j)``: the first sum once per group, the
+    second from the continuation run on the prompt's key/value cache. Groups with the same prompt length and
+    candidate count go through the model together, up to ``batch_size x (longest sentence)`` tokens per
+    forward (the reference path's budget). Views without ``logits_after_prefix``, and groups whose sequences
+    share no first token, take the reference path.
+    """
+    out: list[list[float] | None] = [None] * len(groups)
+    fallback = []
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for g, seqs in enumerate(groups):
+        check_ids(view, seqs)
+        p = _common_prefix(seqs)
+        if p == 0 or not hasattr(view, "logits_after_prefix"):
+            fallback.append(g)
+        else:
+            buckets.setdefault((p, len(seqs)), []).append(g)
+    if fallback:
+        for g, scores in zip(fallback, score_candidates_reference(view, [groups[g] for g in fallback], batch_size,
+                                                                  pad_id)):
+            out[g] = scores
+    dev = view.device
+    for (p, c), members in buckets.items():
+        longest = max(len(s) for g in members for s in groups[g])
+        budget = batch_size * longest
+        width = max(1, longest - p - 1)
+        per_chunk = max(1, budget // (c * width))
+        for k in range(0, len(members), per_chunk):
+            chunk = members[k : k + per_chunk]
+            prefix = torch.tensor([list(groups[g][0][:p]) for g in chunk], dtype=torch.long, device=dev)
+            conts = [list(s[p:]) for g in chunk for s in groups[g]]  # query-major: row q * c + i
+            w = max(len(x) for x in conts) - 1  # the last token of a continuation is only a target
+            inputs = targets = None
+            if w > 0:
+                inputs = torch.full((len(conts), w), pad_id, dtype=torch.long)
+                targets = torch.full((len(conts), w), -100, dtype=torch.long)
+                for r, x in enumerate(conts):
+                    if len(x) > 1:
+                        inputs[r, : len(x) - 1] = torch.as_tensor(x[:-1])
+                        targets[r, : len(x) - 1] = torch.as_tensor(x[1:])
+                inputs, targets = inputs.to(dev), targets.to(dev)
+            plog, clog = view.logits_after_prefix(prefix, inputs, c)
+            plp = F.log_softmax(plog.float(), -1)  # [q, P, V]
+            prompt = plp[:, :-1].gather(-1, prefix[:, 1:, None])[..., 0].double().sum(1)  # [q]
+            total = prompt.repeat_interleave(c)  # [q * c]
+            # the prompt's last position predicts each continuation's first token
+            first = torch.tensor([x[0] if x else 0 for x in conts], dtype=torch.long, device=dev)
+            has = torch.tensor([bool(x) for x in conts], device=dev)
+            last = plp[:, -1].repeat_interleave(c, 0).gather(-1, first[:, None])[:, 0].double()
+            total = total + last.masked_fill(~has, 0.0)
+            if clog is not None:
+                assert targets is not None
+                clp = F.log_softmax(clog.float(), -1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+                total = total + clp.masked_fill(targets < 0, 0.0).double().sum(1)
+            for q, g in enumerate(chunk):
+                out[g] = total[q * c : (q + 1) * c].tolist()
+    return out  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------- query
+
+TIE_RTOL = 1e-6  # scores this close to the best (relative) tie: a batched fp32 forward rounds at ~1e-7
+
+
+def _credit(objs: list[str], scores: Sequence[float], truth: str) -> float:
+    """Credit of one query: 1/k when the true object is among the k candidates that tie for the top score."""
+    best = max(scores)
+    tol = TIE_RTOL * max(1.0, abs(best))
+    top = [o for o, v in zip(objs, scores) if v >= best - tol]
+    return (truth in top) / len(top)
+
+
+def _majority(facts: list[Fact], lang: str) -> dict[str, list[str]]:
+    """The most frequent object(s) of each relation, by `lang` name (several when tied)."""
+    counts: dict[str, Counter] = {}
+    for f in facts:
+        counts.setdefault(f.relation, Counter())[f.object_in(lang)] += 1
+    return {rel: sorted(o for o, n in cnt.items() if n == max(cnt.values())) for rel, cnt in counts.items()}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 def query_facts(view: ModelView, encoder: TextEncoder, facts: list[Fact], templates: Templates, lang: str, *,
-                batch_size: int = 128, queries_of: list[Fact] | None = None) -> dict:
-    """Accuracy of the facts queried in `lang` (see the module docstring). The candidates come from all
-    `facts`; only the facts of `queries_of` (default: all) are asked."""
+                batch_size: int = 128, queries_of: list[Fact] | None = None,
+                scorer: Scorer = score_candidates) -> dict:
+    """Accuracy of the facts queried in `lang`, with its baselines (see the module docstring). The candidates
+    come from all `facts`; only the facts of `queries_of` (default: all) are asked."""
     encoder.check_lang(lang)
-    cands = candidates_by_relation(facts)
+    cands = candidates_by_relation(facts, lang)
     asked = facts if queries_of is None else queries_of
-    queries = []  # (fact, template)
-    for f in asked:
-        for t in templates_for(templates, lang, f.relation, f.where):
-            queries.append((f, t))
-    texts: dict[str, int] = {}
-    for f, t in queries:
-        for o in cands[f.relation]:
-            texts.setdefault(render(t, f.subject, o), len(texts))
-    seqs = [encoder.encode(text, lang) for text in texts]
-    scores = sequence_logprobs(view, seqs, batch_size, encoder.pad_id)
+    queries = [(f, t) for f in asked for t in templates_for(templates, lang, f.relation, f.where)]
+    groups = [[encoder.encode(render(t, f.subject_in(lang), o), lang) for o in cands[f.relation]]
+              for f, t in queries]
+    scores = scorer(view, groups, batch_size, encoder.pad_id)
+    # subject-blind: one group per (relation, template), shared by all its queries
+    blind_keys = list(dict.fromkeys((f.relation, t) for f, t in queries))
+    blind_groups = [[encoder.encode(render_blind(t, o), lang) for o in cands[rel]] for rel, t in blind_keys]
+    blind = dict(zip(blind_keys, scorer(view, blind_groups, batch_size, encoder.pad_id)))
+    majority = _majority(facts, lang)
     credit: dict[str, list[float]] = {}
+    blind_credit: dict[str, list[float]] = {}
+    major_credit: dict[str, list[float]] = {}
     chance: list[float] = []
-    for f, t in queries:
-        objs = cands[f.relation]
-        s = [scores[texts[render(t, f.subject, o)]] for o in objs]
-        best = max(s)
-        top = [o for o, v in zip(objs, s) if v == best]
-        credit.setdefault(f.relation, []).append((f.object in top) / len(top))
+    for (f, t), s in zip(queries, scores):
+        objs, truth = cands[f.relation], f.object_in(lang)
+        credit.setdefault(f.relation, []).append(_credit(objs, s, truth))
+        blind_credit.setdefault(f.relation, []).append(_credit(objs, blind[(f.relation, t)], truth))
+        top = majority[f.relation]
+        major_credit.setdefault(f.relation, []).append((truth in top) / len(top))
         chance.append(1.0 / len(objs))
-    all_credit = [c for cs in credit.values() for c in cs]
+
+    def overall(by_rel: dict[str, list[float]]) -> float:
+        return _mean([c for cs in by_rel.values() for c in cs])
+
     return {
         "lang": lang,
-        "accuracy": sum(all_credit) / len(all_credit),
-        "queries": len(all_credit),
+        "accuracy": overall(credit),
+        "queries": len(chance),
         "facts": len(asked),
-        "chance": sum(chance) / len(chance),
-        "per_relation": {rel: sum(cs) / len(cs) for rel, cs in sorted(credit.items())},
+        "chance": _mean(chance),
+        "majority": overall(major_credit),
+        "subject_blind": overall(blind_credit),
+        "per_relation": {rel: _mean(cs) for rel, cs in sorted(credit.items())},
+        "majority_per_relation": {rel: _mean(cs) for rel, cs in sorted(major_credit.items())},
+        "subject_blind_per_relation": {rel: _mean(cs) for rel, cs in sorted(blind_credit.items())},
     }

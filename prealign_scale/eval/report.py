@@ -69,6 +69,9 @@ def headline(results: dict) -> dict[str, float | None]:
         out[f"retrieval {name} (best layer)"] = max(r["acc"])
     for lang, k in results.get("knowledge", {}).items():
         out[f"knowledge {lang}"] = k["accuracy"]
+        for base in ("majority", "subject_blind"):  # the baselines beside it (results before them lack them)
+            if base in k:
+                out[f"knowledge {lang} {base.replace('_', '-')}"] = k[base]
     t = results.get("transfer")
     if t:
         lp = t["linear_probe"]
@@ -113,6 +116,13 @@ def markdown_report(results: dict, title: str = "Evaluation") -> str:
         parts.append(f"## Sentence retrieval `{name}` ({r['src_lang']} → {r['tgt_lang']}, chance "
                      f"{_fmt(r['chance'], 4)})\n\n" + _table(["layer", "acc src→tgt", "acc tgt→src", "cos true"],
                                                              rows))
+    knowledge = results.get("knowledge") or {}
+    if knowledge:
+        rows = [[lang, _fmt(k["accuracy"]), _fmt(k.get("chance")), _fmt(k.get("majority")),
+                 _fmt(k.get("subject_blind")), _fmt(k.get("queries"))] for lang, k in knowledge.items()]
+        parts.append("## Knowledge (accuracy beside its baselines: chance = 1 / candidates, majority = always the "
+                     "relation's most frequent object, subject-blind = the model's choice without the subject)\n\n"
+                     + _table(["lang", "accuracy", "chance", "majority", "subject-blind", "queries"], rows))
     t = results.get("transfer")
     if t:
         lp = t["linear_probe"]
@@ -121,6 +131,47 @@ def markdown_report(results: dict, title: str = "Evaluation") -> str:
         parts.append(f"## Transfer: linear probe accuracy per layer (trained on {t['train_lang']})\n\n"
                      + _table(["layer"] + langs, rows))
     return "\n".join(parts)
+
+
+def source_lang(results: dict) -> str:
+    """The source (training) language of an evaluation: the transfer task's, else the config's, else "en"."""
+    t = results.get("transfer") or {}
+    return t.get("train_lang") or (results.get("config") or {}).get("transfer_train_lang") or "en"
+
+
+def table_keys(runs: Sequence[dict]) -> list[str]:
+    """The comparison table's columns for these evaluations, taken from their results (any language pair).
+
+    Languages are those of the held-out perplexity, the knowledge probe and the transfer tests, in order of
+    first appearance, each target language before the source language (:func:`source_lang`). Columns, in
+    order: ``ppl`` per language; seen / unseen / ... retrieval of the probe (best layer), then its cosine gap
+    (final_norm), per group; ``knowledge`` per language, each followed by its majority and subject-blind
+    baselines; ``transfer probe`` of the source then each target, ``transfer finetune`` per target;
+    ``retrieval`` of each sentence-retrieval set (best layer). A column that no run has is left out.
+    """
+    heads = [headline(r) for r in runs]
+    have = {k for h in heads for k in h}
+    src = next((source_lang(r) for r in runs), "en")
+    langs: list[str] = []
+    groups: list[str] = []
+    sets: list[str] = []
+    for r in runs:
+        langs += [lang for lang, v in ((r.get("lm") or {}).get("shards") or {}).items()
+                  if isinstance(v, dict) and lang != "all"]
+        langs += list(r.get("knowledge") or {})
+        t = r.get("transfer") or {}
+        langs += list((t.get("linear_probe") or {}).get("target") or {})
+        groups += list((r.get("probe") or {}).get("groups") or {})
+        sets += list(r.get("retrieval") or {})
+    langs, groups, sets = (list(dict.fromkeys(x)) for x in (langs, groups, sets))
+    tgts = [lang for lang in langs if lang != src]
+    keys = [f"ppl {lang}" for lang in [*tgts, src]]
+    keys += [f"align acc {g} (best layer)" for g in groups]
+    keys += [f"cos {g} true-random (final_norm)" for g in groups]
+    keys += [f"knowledge {lang}{base}" for lang in [*tgts, src] for base in ("", " majority", " subject-blind")]
+    keys += [f"transfer probe {lang}" for lang in [src, *tgts]] + [f"transfer finetune {lang}" for lang in tgts]
+    keys += [f"retrieval {name} (best layer)" for name in sets]
+    return [k for k in keys if k in have]
 
 
 def compare_markdown(runs: dict[str, list[dict]], keys: Sequence[str] | None = None) -> str:

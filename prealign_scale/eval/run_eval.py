@@ -29,9 +29,11 @@ from prealign_scale.alignment import probe as core  # the probe core, shared wit
 from prealign_scale.alignment.clone import CLONE, EN
 from prealign_scale.alignment.table import AlignmentTable
 from prealign_scale.config_loader import ConfigError, fill, read_yaml, where_of
+from prealign_scale.data.facts import read_facts, read_templates
 from prealign_scale.data.shard_format import MANIFEST_NAME, Manifest
 from prealign_scale.eval import knowledge, lm_eval, probe, retrieval, transfer
 from prealign_scale.eval.io import EvalInputError
+from prealign_scale.eval.progress import count_forwards, end_section, start_section
 from prealign_scale.eval.text import TextEncoder
 from prealign_scale.model.view import HFModelView, load_hf_model
 
@@ -50,6 +52,7 @@ class EvalConfig:
     # shard manifest's, else the preset's default_seq_len)
     max_len: int = 256
     seed: int = 0
+    progress: bool = True  # a tqdm bar per section on stderr (sequences run so far, rate)
     shipped_sets: bool = False  # fill unset facts / transfer / retrieval inputs with data/eval's sets
     # language modelling
     lm_shards: str | None = None  # held-out shard folder
@@ -193,6 +196,8 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         raise ValueError(f"eval config: dtype {cfg.dtype!r} is not one of float32, bfloat16, float16")
     model = load_hf_model(hf_dir, cfg.device, getattr(torch, cfg.dtype))
     view = HFModelView(model)
+    if cfg.progress:
+        count_forwards(view)  # every forward batch moves the open section's bar
     from prealign_scale.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(cfg.tokenizer_dir or hf_dir)
@@ -210,6 +215,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
 
     t0 = time.perf_counter()
     lm: dict[str, Any] = {}
+    start_section("perplexity", cfg.progress and bool(cfg.lm_shards or cfg.lm_texts))
     if cfg.lm_shards:
         lm["shards"] = lm_eval.shard_lm_eval(view, cfg.lm_shards, max_samples=cfg.lm_max_samples, batch_size=bs,
                                              doc_attention=cfg.lm_doc_attention, pad_id=enc.pad_id)
@@ -221,6 +227,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["lm"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("probe", cfg.progress and (cfg.probe_table != "" or bool(cfg.probe_pairs)))
     groups: dict[str, list[core.ProbePair]] = {}
     composed: list[core.ProbePair] = []
     table_dir = cfg.probe_table if cfg.probe_table is not None else \
@@ -250,6 +257,7 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["probe"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("retrieval", cfg.progress and bool(cfg.retrieval))
     if cfg.retrieval:
         results["retrieval"] = {
             item.get("name") or Path(item["path"]).stem: retrieval.sentence_retrieval(
@@ -260,11 +268,12 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["retrieval"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("knowledge", cfg.progress and bool(cfg.facts))
     if cfg.facts:
         if not cfg.templates:
             raise ValueError("eval config: facts needs templates (a JSON file of templates per language)")
-        facts = knowledge.read_facts(cfg.facts)
-        temps = knowledge.read_templates(cfg.templates)
+        facts = read_facts(cfg.facts)
+        temps = read_templates(cfg.templates)
         langs = cfg.knowledge_langs
         if langs is None:
             langs = list(temps) + ([CLONE] if offset and CLONE not in temps and EN in temps else [])
@@ -274,11 +283,13 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         seconds["knowledge"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    start_section("transfer", cfg.progress and bool(cfg.transfer_train))
     if cfg.transfer_train:
         results["transfer"] = transfer.transfer_eval(
             view, enc, cfg.transfer_train, cfg.transfer_train_lang, cfg.transfer_tests,
             finetune=cfg.transfer_finetune, probe_layer=cfg.probe_layer, max_len=cfg.max_len, batch_size=bs,
             finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, seed=cfg.seed)
         seconds["transfer"] = time.perf_counter() - t0
+    end_section()
     results["seconds"] = seconds
     return results

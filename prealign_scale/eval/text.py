@@ -12,23 +12,10 @@ alignment table does.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from prealign_scale.alignment.clone import CLONE, CLONE_MARK, CloneTokenizer
-
-_MARKED = re.compile(r"(^|(?<=\s))" + re.escape(CLONE_MARK))
-
-
-def unmark_clone(text: str) -> str:
-    """Remove the Clone mark that starts each whitespace-separated piece: ``"§the §house,"`` -> ``"the house,"``."""
-    return _MARKED.sub("", text)
-
-
-def mark_clone(text: str) -> str:
-    """The marked display form of a Clone text: ``"the house,"`` -> ``"§the §house,"``."""
-    return re.sub(r"\S+", lambda m: CLONE_MARK + m.group(0), text)
+from prealign_scale.alignment.clone import CLONE, CloneTokenizer, unmark_clone
 
 
 class TextEncoder:

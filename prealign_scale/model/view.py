@@ -9,6 +9,9 @@ attention mask is needed):
   blocks 1 .. n-1 and the final normed state (HF's ``output_hidden_states``; METHOD.md §2)
 - ``unembedding_rows(ids)`` -> [b, s, h]: the output-embedding (LM head) rows of the ids
 
+:class:`HFModelView` also has ``logits_after_prefix`` (a shared prompt run once, its key/value cache reused
+for many continuations), which the knowledge probe uses when a view offers it.
+
 :class:`HFModelView` wraps any ``LlamaForCausalLM``-like HF model (a run folder's ``hf/``);
 :class:`MegatronView` wraps the engine's megatron ``GPTModel`` (single process or every rank together, since
 a forward under ZeRO-3 is collective), so the alignment probe can run during training.
@@ -67,6 +70,17 @@ class HFModelView:
 
     def unembedding_rows(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.model.get_output_embeddings().weight)
+
+    def logits_after_prefix(self, prefix: Tensor, conts: Tensor | None, repeats: int) -> tuple[Tensor, Tensor | None]:
+        """Logits of `prefix` [q, P] and of continuations [q * repeats, w] that each follow their prefix (rows
+        ``i * repeats .. (i + 1) * repeats - 1`` continue prefix i): the prefix runs once and its key/value
+        cache is repeated for the continuations (positions P .. P + w - 1). ``conts=None``: prefix only."""
+        out = self.model(input_ids=prefix, use_cache=True)
+        if conts is None:
+            return out.logits, None
+        cache = out.cache
+        cache.batch_repeat_interleave(repeats)
+        return out.logits, self.model(input_ids=conts, cache=cache, use_cache=True).logits
 
 
 class MegatronView:
