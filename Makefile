@@ -1,4 +1,4 @@
-# The README's two commands. Both install what they need on a fresh machine first.
+# The README's commands. Each installs what it needs on a fresh machine first.
 #   make demo   the main job end to end on the embedded corpus (CPU, a few minutes)
 #   make real-pair   the same pipeline on the shipped English-Spanish pair (data/real/en-es; CPU, <= 10 min)
 #   make test   install and run the whole test suite (CI runs exactly this)
