@@ -1,11 +1,12 @@
-# The README's two commands. Both install what they need on a fresh machine first.
+# The README's commands. Each installs what it needs on a fresh machine first.
 #   make demo   the main job end to end on the embedded corpus (CPU, a few minutes)
+#   make real-pair   the same pipeline on the shipped English-Spanish pair (data/real/en-es; CPU, <= 10 min)
 #   make test   install and run the whole test suite (CI runs exactly this)
 SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-12)
 
-.PHONY: demo test install lint clean-demo
+.PHONY: demo real-pair test install lint clean-demo
 
 $(STAMP):
 	bash scripts/install.sh
@@ -15,6 +16,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+real-pair: $(STAMP)
+	bash scripts/real_pair_demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=15
