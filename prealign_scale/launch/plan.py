@@ -14,7 +14,8 @@ Per-GPU memory, in bytes (`MemoryPlan`):
   gathered bf16 weights and gradients of the layer in flight. This is DeepSpeed's own
   ``estimate_zero3_model_states_mem_needs`` (no offload); tests/test_plan.py checks the two agree.
   With the optimizer offloaded to CPU (``offload_optimizer``) only the 2-byte weights stay on the GPU (the
-  same estimator's ``cpu_offload=True, cpu_offload_params=False`` case).
+  same estimator's ``cpu_offload=True, cpu_offload_params=False`` case); with ``offload_param`` too, only the
+  gathered layer (``cpu_offload_params=True``).
 - **ZeRO buffers**: the ds config's ``reduce_bucket_size`` (fp32 gradients, 4 bytes) and
   ``stage3_prefetch_bucket_size`` (bf16 weights, 2 bytes) elements.
 - **activations** of one micro-batch (``lm.micro_batch_size`` x seq) saved for the backward pass, bf16, flash
@@ -119,6 +120,7 @@ class Plan:
     mfu: float
     checkpointing: bool
     offload_optimizer: bool
+    offload_params: bool
     memory: MemoryPlan
     tokens_per_s_per_gpu: float
     budget_tokens: int
@@ -150,15 +152,16 @@ def largest_layer_params(preset: ModelPreset, vocab: int, tp: int = 1) -> int:
     return max(vocab * h, 2 * preset.ffn_hidden_size * h, qkv) // tp
 
 
-def zero3_model_state_bytes(num_params: int, largest_layer: int, gpus: int, *,
-                            offload_optimizer: bool = False) -> tuple[int, int, int, int]:
+def zero3_model_state_bytes(num_params: int, largest_layer: int, gpus: int, *, offload_optimizer: bool = False,
+                            offload_params: bool = False) -> tuple[int, int, int, int]:
     """(params, grads, optimizer, gathered layer) bytes per GPU of ZeRO-3 with bf16 weights.
 
     Without offload the sum equals DeepSpeed's ``estimate_zero3_model_states_mem_needs(total_params,
     largest_layer_params, cpu_offload=False)`` GPU figure: 4 x largest + 18 x P / gpus. With the optimizer
-    offloaded (``cpu_offload=True, cpu_offload_params=False``) gradients and optimizer states live on the CPU.
+    offloaded (``cpu_offload=True, cpu_offload_params=False``) gradients and optimizer states live on the CPU;
+    with the parameters offloaded too (``cpu_offload_params=True``) only the gathered layer stays on the GPU.
     """
-    params = BYTES_PARAM_BF16 * num_params // gpus
+    params = 0 if offload_params else BYTES_PARAM_BF16 * num_params // gpus
     grads = 0 if offload_optimizer else BYTES_GRAD_FP32 * num_params // gpus
     optimizer = 0 if offload_optimizer else BYTES_OPTIMIZER * num_params // gpus
     return params, grads, optimizer, 4 * largest_layer
@@ -192,9 +195,11 @@ def zero_buffer_bytes(ds: dict) -> int:
 
 
 def memory_plan(preset: ModelPreset, vocab: int, seq_len: int, micro_batch: int, gpus: int, tp: int, *,
-                checkpointing: bool, offload_optimizer: bool = False, zero_buffers: int = 0) -> MemoryPlan:
+                checkpointing: bool, offload_optimizer: bool = False, offload_params: bool = False,
+                zero_buffers: int = 0) -> MemoryPlan:
     params, grads, opt, layer = zero3_model_state_bytes(
-        preset.num_params(vocab), largest_layer_params(preset, vocab, tp), gpus, offload_optimizer=offload_optimizer)
+        preset.num_params(vocab), largest_layer_params(preset, vocab, tp), gpus, offload_optimizer=offload_optimizer,
+        offload_params=offload_params)
     no_ckpt = activation_bytes(preset, seq_len, micro_batch, tp, checkpointing=False)
     ckpt = activation_bytes(preset, seq_len, micro_batch, tp, checkpointing=True)
     return MemoryPlan(params, grads, opt, layer, zero_buffers, ckpt if checkpointing else no_ckpt, no_ckpt, ckpt)
@@ -303,16 +308,18 @@ def plan_run(cfg: Config, *, gpus: int, gpu: str, mfu: float, vocab: int | None 
         global_batch = micro * (cfg.lm.grad_accum or 1) * dp
     ds = read_ds_config(cfg.run.ds_config) if ds is None else ds
     checkpointing = "activation_checkpointing" in ds
-    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    zero = ds.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    offload_params = zero.get("offload_param", {}).get("device", "none") not in ("none", None)
     buffers = zero_buffer_bytes(ds)
     spec = GPUS[gpu]
     memory = memory_plan(preset, vocab, seq, micro, gpus, tp, checkpointing=checkpointing,
-                         offload_optimizer=offload, zero_buffers=buffers)
+                         offload_optimizer=offload, offload_params=offload_params, zero_buffers=buffers)
     fixes = suggest_fixes(preset, vocab, seq, micro, gpus, tp, spec, checkpointing=checkpointing,
                           offload_optimizer=offload, zero_buffers=buffers, global_batch=global_batch)
     return Plan(preset=preset, vocab=vocab, seq_len=seq, gpus=gpus, tp=tp, dp=dp, micro_batch=micro,
                 global_batch=global_batch, steps=cfg.lm.steps, gpu=spec, mfu=mfu, checkpointing=checkpointing,
-                offload_optimizer=offload, memory=memory,
+                offload_optimizer=offload, offload_params=offload_params, memory=memory,
                 tokens_per_s_per_gpu=tokens_per_s_per_gpu(preset, vocab, seq, mfu, spec.peak_bf16_flops),
                 budget_tokens=cfg.lm.steps * global_batch * seq, fixes=fixes)
 
@@ -334,7 +341,7 @@ def format_plan(p: Plan) -> str:
         ("layout", f"{p.gpus} x {p.gpu.name}: TP {p.tp} x ZeRO-3 DP {p.dp}"),
         ("batch", (f"micro {p.micro_batch} x seq {p.seq_len}; global {p.global_batch} sequences "
                   f"({p.global_batch * p.seq_len:,} tokens) per step")),
-        ("bf16 weights (ZeRO-3 partition)", gib(m.params)),
+        ("bf16 weights (ZeRO-3 partition)", gib(m.params) + (" (offloaded)" if p.offload_params else "")),
         ("fp32 gradients (partition)", gib(m.grads) + (" (offloaded)" if p.offload_optimizer else "")),
         ("fp32 master + Adam m, v (partition)", gib(m.optimizer) + (" (offloaded)" if p.offload_optimizer else "")),
         ("gathered largest layer (4 B x params)", gib(m.gathered_layer)),
