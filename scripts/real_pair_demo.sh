@@ -46,7 +46,7 @@ deepspeed --num_gpus 2 --master_addr 127.0.0.1 --master_port "${REAL_PAIR_PORT:-
   data.table_dir="$OUT/table" data.tokenizer_dir="$OUT/tok"
 
 echo "== 7/7 evaluate: held-out perplexity per language, alignment probe, parallel verses, genre transfer"
-$PY launchers/evaluate.py "$OUT/train" --config configs/real_pair_en_es_eval.yaml --lm-shards "$OUT/heldout" \
+$PY launchers/evaluate.py "$OUT/train" --config configs/eval/real_pair_en_es.yaml --lm-shards "$OUT/heldout" \
   --probe-table "$OUT/table" --out "$OUT/train/eval/results.json" --markdown "$OUT/train/eval/results.md"
 
 echo
