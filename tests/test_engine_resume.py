@@ -1,4 +1,4 @@
-"""Resume == uninterrupted, bitwise on CPU, through the real `deepspeed` launcher (2 ranks, ZeRO-3, gloo).
+"""Resume == uninterrupted, bitwise on CPU (2 in-process ranks running launchers/pretrain.py, ZeRO-3, gloo).
 
 Run A trains align 4 steps + lm 4 steps in one go. Run B is the same command stopped twice by
 ``run.stop_after`` (checkpoint + exit 0): after align step 2 (mid phase 1), then after lm step 2 (mid phase 2,
@@ -15,12 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
-
 from engine_common import ROOT, cpu_env, launch, read_metrics, write_run_config
-from tiny_data import build_tiny_data
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +25,8 @@ LEAKED_SHM: set[Path] = set()  # /dev/shm files the runs fixture's launches left
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    data = build_tiny_data(root / "data")
+def runs(tmp_path_factory, tiny_data):
+    root, data = tmp_path_factory.mktemp("resume"), tiny_data
     # the alignment probe runs too (every 2 steps): it must not disturb a bitwise resume
     a = write_run_config(root / "a.yaml", data, root / "a", run={"probe_every": 2})
     b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2, "probe_every": 2})
