@@ -1,8 +1,10 @@
-"""Resume == uninterrupted, bitwise on CPU (2 in-process ranks running launchers/pretrain.py, ZeRO-3, gloo).
+"""Resume == uninterrupted, bitwise on CPU (2 ranks running launchers/pretrain.py, ZeRO-3, gloo).
 
-Run A trains align 4 steps + lm 4 steps in one go. Run B is the same command stopped twice by
-``run.stop_after`` (checkpoint + exit 0): after align step 2 (mid phase 1), then after lm step 2 (mid phase 2,
-in the middle of a shard: 8 of the 13 samples of each rank's first shard read), then resumed to the end.
+Run A trains align 4 steps + lm 4 steps in one go, through the real `deepspeed` launcher (the suite's
+end-to-end run of ``deepspeed launchers/pretrain.py`` over both phases and the export). Run B, on 2 in-process
+ranks (tests/distributed.py), is the same run stopped twice by ``run.stop_after`` (checkpoint + exit 0):
+after align step 2 (mid phase 1), then after lm step 2 (mid phase 2, in the middle of a shard: 8 of the 13
+samples of each rank's first shard read), then resumed to the end.
 Every logged value (losses per layer and language, lr, token counts) must be identical, as must the exported
 weights; the export must reproduce the training model's logits in transformers.
 """
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from engine_common import ROOT, cpu_env, launch, read_metrics, write_run_config
+from engine_common import ROOT, cpu_env, launch, launch_deepspeed, read_metrics, write_run_config
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,7 @@ def runs(tmp_path_factory, tiny_data):
     a = write_run_config(root / "a.yaml", data, root / "a", run={"probe_every": 2})
     b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2, "probe_every": 2})
     shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    launch(a)
+    launch_deepspeed(a)
     logs = [launch(b, "run.stop_after=2"), launch(b, "run.stop_after=4"), launch(b)]
     LEAKED_SHM.update(set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - shm_before)
     return root / "a", root / "b", logs

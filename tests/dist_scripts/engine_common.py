@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,17 @@ def write_run_config(path: Path, data: dict, out_dir: Path, **sections) -> Path:
 def deepspeed_cmd(port: int, config: Path, *overrides: str) -> list[str]:
     return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "launchers/pretrain.py",
             "--config", str(config), *overrides]
+
+
+def launch_deepspeed(config: Path, *overrides: str) -> str:
+    """One 2-rank CPU run through the real `deepspeed` launcher; asserts exit 0, returns stdout + stderr."""
+    from prealign_scale.dist import free_port
+
+    proc = subprocess.run(deepspeed_cmd(free_port(), config, *overrides), check=False, cwd=ROOT, env=cpu_env(),
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    return out
 
 
 @contextmanager
