@@ -1,4 +1,4 @@
-"""``model.init_hf``: a run starts from an HF folder, through the real `deepspeed` launcher (2 CPU ranks, ZeRO-3).
+"""``model.init_hf``: a run starts from an HF folder (2 in-process CPU ranks running launchers/pretrain.py, ZeRO-3).
 
 Run A trains phase 1 for one step from random weights and exports ``A/hf``. Run B (``--phase all``) and run
 C (``--phase lm``, continued pretraining) start from ``model.init_hf=A/hf``. The alignment probe runs at the
@@ -10,18 +10,12 @@ same seed, whose probe is A's step-0 one.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import check_init_hf_tp
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
-
-from engine_common import ROOT, cpu_env, launch, read_metrics, write_run_config
-from tiny_data import build_tiny_data
-
-from prealign_scale.dist import free_port
+from distributed import run_distributed_test
+from engine_common import launch, read_metrics, write_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +27,8 @@ def probes(run_dir: Path) -> dict[tuple[str, int], dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("init_hf")
-    data = build_tiny_data(root / "data")
+def runs(tmp_path_factory, tiny_data):
+    root, data = tmp_path_factory.mktemp("init_hf"), tiny_data
     steps = {"align": {"steps": 1}, "lm": {"steps": 1}}
     a = write_run_config(root / "a.yaml", data, root / "a", run={"probe_every": 1, "tensorboard": False}, **steps)
     launch(a, "--phase", "align")
@@ -72,13 +65,8 @@ def test_align_phase_starts_from_the_hf_folder_and_lm_from_its_own_checkpoint(ru
 
 def test_tensor_parallel_ranks_load_their_slices(tmp_path):
     """TP=2 (ZeRO-3 build, DP=1): each TP rank copies its slice of the HF weights; merged, they are exact."""
-    import json
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "tests/dist_scripts/check_init_hf_tp.py", str(tmp_path)]
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res, _ = run_distributed_test(check_init_hf_tp.check, world_size=2, init_process_group=False,
+                                  func_args=(str(tmp_path),))
     assert (res["tp"], res["dp"], res["loaded"]) == (2, 1, 2 * 6 + 3)  # 6 tensors per block + embedding, norm, head
     assert res["qkv_rows"] == 64  # one query group of the two: 2 q heads + k + v, 16 rows each
     assert res["all_equal"] is True, res["differ"]

@@ -1,23 +1,15 @@
 """The engine's phase-1 and phase-2 losses and gradients (2 ranks, ZeRO-3) == one process on the global batch.
 
-Runs tests/dist_scripts/check_losses.py under torchrun (see its docstring for what is computed).
+Runs tests/dist_scripts/check_losses.py on 2 in-process ranks (see its docstring for what is computed).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
+import check_losses
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
-
-from engine_common import BIN, ROOT, cpu_env, write_run_config
-from tiny_data import build_tiny_data, write_multiword_table
-
-from prealign_scale.dist import free_port
+from distributed import run_distributed_test
+from engine_common import write_run_config
+from tiny_data import write_multiword_table
 
 pytestmark = pytest.mark.slow
 
@@ -28,20 +20,17 @@ IMPLS = [("chunked", "megatron"), ("naive", "chunked")]
 
 
 @pytest.fixture(scope="module", params=IMPLS, ids=lambda p: f"align-{p[0]}-lm-{p[1]}")
-def report(request, tmp_path_factory):
+def report(request, tmp_path_factory, tiny_data):
     align_impl, lm_impl = request.param
     root = tmp_path_factory.mktemp("losses")
-    data = build_tiny_data(root / "data")
     # multi-token words in entries of 2 or 3 words: ranks hold different word counts, words have LM targets
-    data["table"] = write_multiword_table(root / "data/mw_table", vocab_size=800)
+    data = {**tiny_data, "table": write_multiword_table(root / "mw_table", vocab_size=800)}
     config = write_run_config(root / "cfg.yaml", data, root / "run",
                               align={"grad_accum": 2, "alpha": 1.0, "loss_impl": align_impl},
                               lm={"lm_loss_impl": lm_impl})
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "tests/dist_scripts/check_losses.py", str(config), str(root / "out")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return json.loads((root / "out/report.json").read_text())
+    rank0, _ = run_distributed_test(check_losses.check, world_size=2, init_process_group=False, timeout=300,
+                                    func_args=(str(config),))
+    return rank0
 
 
 def test_alignment_phase_matches_single_process(report):

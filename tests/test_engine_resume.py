@@ -1,8 +1,10 @@
-"""Resume == uninterrupted, bitwise on CPU, through the real `deepspeed` launcher (2 ranks, ZeRO-3, gloo).
+"""Resume == uninterrupted, bitwise on CPU (2 ranks running launchers/pretrain.py, ZeRO-3, gloo).
 
-Run A trains align 4 steps + lm 4 steps in one go. Run B is the same command stopped twice by
-``run.stop_after`` (checkpoint + exit 0): after align step 2 (mid phase 1), then after lm step 2 (mid phase 2,
-in the middle of a shard: 8 of the 13 samples of each rank's first shard read), then resumed to the end.
+Run A trains align 4 steps + lm 4 steps in one go, through the real `deepspeed` launcher (the suite's
+end-to-end run of ``deepspeed launchers/pretrain.py`` over both phases and the export). Run B, on 2 in-process
+ranks (tests/distributed.py), is the same run stopped twice by ``run.stop_after`` (checkpoint + exit 0):
+after align step 2 (mid phase 1), then after lm step 2 (mid phase 2, in the middle of a shard: 8 of the 13
+samples of each rank's first shard read), then resumed to the end.
 Every logged value (losses per layer and language, lr, token counts) must be identical, as must the exported
 weights; the export must reproduce the training model's logits in transformers.
 """
@@ -15,12 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_common import ROOT, cpu_env, launch, launch_deepspeed, read_metrics, write_run_config
 from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
-
-from engine_common import ROOT, cpu_env, launch, read_metrics, write_run_config
-from tiny_data import build_tiny_data
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +27,13 @@ LEAKED_SHM: set[Path] = set()  # /dev/shm files the runs fixture's launches left
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    data = build_tiny_data(root / "data")
+def runs(tmp_path_factory, tiny_data):
+    root, data = tmp_path_factory.mktemp("resume"), tiny_data
     # the alignment probe runs too (every 2 steps): it must not disturb a bitwise resume
     a = write_run_config(root / "a.yaml", data, root / "a", run={"probe_every": 2})
     b = write_run_config(root / "b.yaml", data, root / "b", run={"ckpt_every": 3, "keep_last": 2, "probe_every": 2})
     shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    launch(a)
+    launch_deepspeed(a)
     logs = [launch(b, "run.stop_after=2"), launch(b, "run.stop_after=4"), launch(b)]
     LEAKED_SHM.update(set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - shm_before)
     return root / "a", root / "b", logs

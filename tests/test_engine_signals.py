@@ -14,11 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
-
 from engine_common import ROOT, cpu_env, read_metrics, write_run_config
-from tiny_data import build_tiny_data
 
 from prealign_scale.dist import free_port
 
@@ -45,8 +41,8 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[in
     return out
 
 
-def test_sigterm_checkpoints_and_exits_zero(tmp_path):
-    data = build_tiny_data(tmp_path / "data")
+def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
+    data = tiny_data  # tests/conftest.py
     run_dir = tmp_path / "run"
     config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
                               lm={"steps": 100000})

@@ -97,7 +97,8 @@ def test_mpirun_discovery_and_process_group(tmp_path):
     """Two ranks under Open MPI: ranks from OMPI_*, loopback master, a port chosen by rank 0 and broadcast."""
     if subprocess.run(["which", "mpirun"], check=False, capture_output=True).returncode != 0:
         pytest.skip("mpirun is not installed")
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x))
     env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
     cmd = ["mpirun", "--allow-run-as-root", "-np", "2", "--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include",
            "lo", sys.executable, "tests/dist_scripts/check_discovery.py", str(tmp_path)]

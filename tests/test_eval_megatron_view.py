@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from prealign_scale.alignment.probe import ProbePair, ProbeSet, run_probe
 from prealign_scale.alignment.word_vectors import pooled_vectors
@@ -16,17 +13,11 @@ VOCAB = 128
 
 
 @pytest.fixture(scope="module")
-def megatron_model():
+def megatron_model(world1):  # world1: tests/conftest.py
     from prealign_scale.model.builder import build_gpt_model
-    from prealign_scale.model.parallel import destroy_model_parallel, init_model_parallel
+    from prealign_scale.model.parallel import init_model_parallel
     from prealign_scale.model.presets import get_preset
 
-    created = not dist.is_initialized()
-    if created:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     init_model_parallel(1, seed=7)
     model = build_gpt_model(get_preset("tiny"), VOCAB, 64).eval()
     g = torch.Generator().manual_seed(3)
@@ -34,10 +25,7 @@ def megatron_model():
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g) if "layernorm" in name
                     else torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-    yield model
-    if created:
-        destroy_model_parallel()
-        dist.destroy_process_group()
+    return model
 
 
 def test_megatron_view_matches_the_hf_export(megatron_model, tmp_path):

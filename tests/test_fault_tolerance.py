@@ -23,14 +23,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
-
 from engine_common import read_metrics
 from fault_common import (
     HANG_GUARD_S,
@@ -51,7 +47,6 @@ from fault_common import (
     wait_for,
     write_figures,
 )
-from tiny_data import build_tiny_data
 
 from prealign_scale.data.shard_reader import epoch_shard_order, load_manifest
 from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager
@@ -107,8 +102,8 @@ def figures(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_tiny_data(tmp_path_factory.mktemp("fault_data"))
+def data(tiny_data):
+    return tiny_data  # tests/conftest.py (read-only: bad_shard damages a copy)
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,25 @@ section end to end; the runner records a failing section and still runs the rest
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import gpu_check
+
+def _load_gpu_check():
+    """benchmarks/gpu_check.py as a module (benchmarks/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _load_gpu_check()
 
 CORRECTNESS = ("align_loss", "lm_head", "zero_init", "engine_steps")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from prealign_scale.model.builder import build_gpt_model
 from prealign_scale.model.hf_convert import (
@@ -29,23 +27,6 @@ from prealign_scale.model.presets import get_preset
 
 VOCAB = 1024
 TINY = get_preset("tiny")
-
-
-@pytest.fixture(scope="module")
-def world1():
-    created = not dist.is_initialized()
-    if created:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    init_model_parallel(1, seed=1234)
-    yield
-    if created:
-        from prealign_scale.model.parallel import destroy_model_parallel
-
-        destroy_model_parallel()
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,13 @@
 """The megatron-core builder, SDPA core attention, CPU accommodations and model-parallel helpers.
 
-Single process (a world-1 gloo group) unless marked slow; the slow test runs 2 ranks under torchrun with real
-DeepSpeed ZeRO-3 (tests/dist_helpers/model_two_ranks.py).
+Single process (a world-1 gloo group, tests/conftest.py) unless marked slow; the slow test runs 2 in-process
+ranks (tests/distributed.py) with real DeepSpeed ZeRO-3 (tests/dist_scripts/model_two_ranks.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,27 +28,6 @@ from prealign_scale.model.parallel import (
 from prealign_scale.model.presets import PRESETS, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def world1():
-    """A world-1 gloo process group with megatron's groups (TP=1, DP=1)."""
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    init_model_parallel(1, seed=1234)
-    yield
-    if created:
-        from prealign_scale.model.parallel import destroy_model_parallel
-
-        destroy_model_parallel()
-        dist.destroy_process_group()
 
 
 def build(name: str, vocab: int, seed: int = 1234, **kwargs):
@@ -315,18 +290,16 @@ def test_pad_vocab_size():
 # ---------------------------------------------------------------- 2 ranks: TP=2 and ZeRO-3 partitioned build
 
 @pytest.mark.slow
-def test_two_ranks_tensor_parallel_and_zero3_partitioned_build(tmp_path):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               GLOO_SOCKET_IFNAME="lo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(REPO / "tests/dist_helpers/model_two_ranks.py"),
-           "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+def test_two_ranks_tensor_parallel_and_zero3_partitioned_build():
+    import model_two_ranks
+    from distributed import run_distributed_test
+
+    reports = run_distributed_test(model_two_ranks.check, world_size=2, timeout=600)
     preset = get_preset("tiny")
     scaled = 0.02 / math.sqrt(2 * preset.num_layers)
     for rank in (0, 1):
-        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        r = json.loads(json.dumps(reports[rank]))  # as the torchrun version read it: tuples -> lists
+        assert (r["rank"], r["world"]) == (rank, 2)
         # TP=2: each rank holds one query group (2 q heads + k + v = 4 heads of 16 rows) of the QKV.
         assert r["tp_shard_rows_qkv"] == 64
         assert r["tp_merged_equal"] is True

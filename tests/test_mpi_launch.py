@@ -24,14 +24,6 @@ TIMING = {"tokens_per_s", "mfu", "data_wait", "step_time"}
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tests/dist_scripts"))
-    from tiny_data import build_tiny_data
-
-    return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))
-
-
 def cpu_env() -> dict:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1")

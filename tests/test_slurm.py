@@ -273,7 +273,6 @@ def test_failed_training_is_not_requeued(cluster, tmp_path):
 # --------------------------------------------------------------------------- the tiny pipeline, for real
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tests/dist_scripts"))
     from tiny_data import build_tiny_data
 
     return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))

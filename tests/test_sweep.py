@@ -173,8 +173,12 @@ def test_submit_dry_run_leaves_finished_runs_out(tmp_path):
 
 
 def test_array_spec():
-    sys.path.insert(0, str(ROOT / "launchers"))
-    from submit_sweep import array_spec
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("submit_sweep", ROOT / "launchers/submit_sweep.py")
+    submit_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(submit_sweep)
+    array_spec = submit_sweep.array_spec
 
     assert array_spec([0, 1, 2, 3, 5, 7, 8], None) == "0-3,5,7-8"
     assert array_spec([4], 3) == "4%3"

@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from prealign_scale import dist as pdist
 from prealign_scale.config import parse_config
 

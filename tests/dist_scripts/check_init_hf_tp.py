@@ -1,21 +1,17 @@
-"""model.init_hf under tensor parallelism: ``torchrun --nproc_per_node 2 check_init_hf_tp.py OUT_DIR``.
+"""model.init_hf under tensor parallelism: `check(OUT_DIR)` on 2 in-process ranks (tests/distributed.py).
 
 Rank 0 exports a tiny model with random weights (not megatron's initialisation of any seed) to OUT_DIR/hf.
 Both ranks then build the tiny model with TP=2 inside ``deepspeed.zero.Init`` (ZeRO-3, DP=1) and load the
 folder with `engine.hf_init.load_hf_weights`; the TP shards, gathered and merged, must equal the exported
-weights exactly. Rank 0 prints a JSON line.
+weights exactly. Rank 0 returns its findings (the other rank None).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from prealign_scale import dist as pdist
 
@@ -25,8 +21,8 @@ DS = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "tr
       "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+def check(out: str) -> dict | None:
+    out = Path(out)
     pdist.init_process_group(pdist.discover(), 5.0, "gloo")
     import deepspeed
 
@@ -57,14 +53,9 @@ def main() -> None:
     shards: list = [None, None]
     dist.all_gather_object(shards, shard)
     merged = merge_tp_shards(shards)
-    if dist.get_rank() == 0:
-        equal = {k: bool(torch.equal(merged[k], ref_sd[k])) for k in ref_sd}
-        print(json.dumps({"tp": tp_world_size(), "dp": dp_world_size(), "loaded": loaded,
-                          "qkv_rows": shard["decoder.layers.0.self_attention.linear_qkv.weight"].shape[0],
-                          "all_equal": all(equal.values()), "differ": [k for k, ok in equal.items() if not ok]}))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+    if dist.get_rank() != 0:
+        return None
+    equal = {k: bool(torch.equal(merged[k], ref_sd[k])) for k in ref_sd}
+    return {"tp": tp_world_size(), "dp": dp_world_size(), "loaded": loaded,
+            "qkv_rows": int(shard["decoder.layers.0.self_attention.linear_qkv.weight"].shape[0]),
+            "all_equal": all(equal.values()), "differ": [k for k, ok in equal.items() if not ok]}

@@ -1,7 +1,6 @@
 """2-rank checks of the engine's losses and gradients against a single-process computation.
 
-Run by tests/test_engine_losses.py as
-``torchrun --nproc_per_node 2 tests/dist_scripts/check_losses.py CONFIG.yaml OUT_DIR [key=value ...]``.
+tests/test_engine_losses.py runs `check(CONFIG.yaml)` on 2 in-process ranks (tests/distributed.py).
 
 Part 1, phase 1: the real ZeRO-3 engine runs one optimizer step's micro-batches (grad_accum=2) through
 `AlignPhase` (per-layer word vectors, all-gather with gradient, rows loss, count all-reduce, loss scaling).
@@ -10,20 +9,14 @@ GLOBAL batch (both ranks' words, every micro-batch) in one process with the naiv
 compares the loss and every parameter's gradient with the engine's (DeepSpeed's full fp32 gradients).
 Part 2, phase 2: the same for `LMPhase`, against a hand computation (log_softmax of the logits at the stored
 targets, summed over every loss token of both ranks and both micro-batches, divided by their number).
-Rank 0 writes OUT_DIR/report.json.
+Rank 0 returns the report (the other rank None).
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from prealign_scale import dist as pdist
 from prealign_scale.engine.resolve_config import load_config
@@ -174,10 +167,9 @@ def check_lm(cfg, report: dict) -> None:
     }
 
 
-def main() -> None:
-    config, out = sys.argv[1], Path(sys.argv[2])
+def check(config: str, overrides: tuple[str, ...] = ()) -> dict | None:
     env = pdist.discover()
-    cfg = load_config(config, sys.argv[3:], world_size=env.world_size)
+    cfg = load_config(config, list(overrides), world_size=env.world_size)
     pdist.init_process_group(env, cfg.dist.timeout_minutes)
     from prealign_scale.model.parallel import init_model_parallel
 
@@ -186,12 +178,4 @@ def main() -> None:
     check_align(cfg, report)
     dist.barrier()
     check_lm(cfg, report)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=1))
-    pdist.shutdown()
-
-
-if __name__ == "__main__":
-    main()
+    return report if dist.get_rank() == 0 else None

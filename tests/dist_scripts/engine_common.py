@@ -1,4 +1,5 @@
-"""Shared helpers of the engine tests: the tiny run config, launcher commands, metrics comparison."""
+"""Shared helpers of the engine tests: the tiny run config, 2-rank runs (in-process, or the real `deepspeed`
+launcher command), metrics comparison."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -16,9 +18,11 @@ TIMING_KEYS = {"tokens_per_s", "mfu", "data_wait", "step_time"}
 
 
 def cpu_env(**extra) -> dict:
-    """The environment of STACK.md for 2 CPU ranks with gloo."""
+    """The environment of STACK.md for 2 CPU ranks with gloo; the repository root on PYTHONPATH (the scripts
+    in tests/dist_scripts import the package from the checkout)."""
+    path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x)
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               GLOO_SOCKET_IFNAME="lo", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+               GLOO_SOCKET_IFNAME="lo", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", PYTHONPATH=path)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -46,7 +50,7 @@ def deepspeed_cmd(port: int, config: Path, *overrides: str) -> list[str]:
             "--config", str(config), *overrides]
 
 
-def launch(config: Path, *overrides: str) -> str:
+def launch_deepspeed(config: Path, *overrides: str) -> str:
     """One 2-rank CPU run through the real `deepspeed` launcher; asserts exit 0, returns stdout + stderr."""
     from prealign_scale.dist import free_port
 
@@ -54,6 +58,57 @@ def launch(config: Path, *overrides: str) -> str:
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
+    return out
+
+
+@contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so loggers and C++ too) to `path`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def pretrain_rank(argv: list[str], log_dir: str) -> int:
+    """One rank of ``launchers/pretrain.py ARGV`` in this process (its `main`: config, process group, the
+    engine's `run`); its output goes to LOG_DIR/rank{R}.log. Returns the launcher's exit status."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_launcher", ROOT / "launchers/pretrain.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    with output_to(Path(log_dir) / f"rank{os.environ['RANK']}.log"):
+        return launcher.main(argv)
+
+
+def launch(config: Path, *overrides: str) -> str:
+    """One 2-rank CPU run of launchers/pretrain.py on in-process ranks (tests/distributed.py, the process
+    group started by the engine as under a launcher); asserts exit 0 on both ranks, returns their output
+    (rank 0's, then rank 1's)."""
+    import tempfile
+
+    from distributed import RankFailed, run_distributed_test
+
+    with tempfile.TemporaryDirectory(prefix="ranks_") as logs:
+        try:
+            codes = run_distributed_test(pretrain_rank, world_size=2, init_process_group=False, timeout=300,
+                                         func_args=(["--config", str(config), *overrides], logs))
+        except RankFailed as exc:
+            codes = exc
+        out = "".join(p.read_text() for p in sorted(Path(logs).glob("rank*.log")))
+    assert codes == [0, 0], f"{codes}\n{out[-8000:]}"
     return out
 
 

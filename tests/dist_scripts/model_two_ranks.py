@@ -1,5 +1,5 @@
-"""2-rank checks of the model room, run by tests/test_model_build.py under
-``torchrun --nproc_per_node 2 tests/dist_helpers/model_two_ranks.py --out DIR`` (gloo, DS_ACCELERATOR=cpu).
+"""2-rank checks of the model room: tests/test_model_build.py runs `check` on 2 in-process ranks
+(tests/distributed.py: gloo, DS_ACCELERATOR=cpu).
 
 Part 1, tensor parallelism (TP=2, DP=1): each rank builds the tiny model; the TP shards merged by
 `merge_tp_shards` must equal the TP=1 model built from the same seed, and the TP=2 logits (gathered over the
@@ -7,15 +7,10 @@ vocabulary) must equal the TP=1 logits.
 Part 2, ZeRO-3 (TP=1, DP=2): `build_gpt_model(ds_config=...)` with persistence threshold 0 must give each rank
 half of every parameter, with megatron's initialisation (gathered parameters equal the unpartitioned model of
 the same seed); one forward through `deepspeed.initialize(..., mpu=MegatronMPU())` matches that model's logits.
-Each rank writes its findings to DIR/rank{R}.json; the test asserts on them.
+Each rank returns its findings; the test asserts on them.
 """
 
 from __future__ import annotations
-
-import argparse
-import json
-import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -130,21 +125,10 @@ def part_zero3(report: dict) -> None:
     report["zero3_hook_shapes"] = shapes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    report: dict = {"rank": rank, "world": dist.get_world_size()}
+def check() -> dict:
+    """One rank's report (the process group is running: the helper started it)."""
+    report: dict = {"rank": dist.get_rank(), "world": dist.get_world_size()}
     part_tp(report)
     part_zero3(report)
-    Path(args.out, f"rank{rank}.json").write_text(json.dumps(report))
-    dist.barrier()
     destroy_model_parallel()
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    assert os.environ.get("DS_ACCELERATOR") == "cpu", "run with DS_ACCELERATOR=cpu"
-    main()
+    return report
