@@ -13,8 +13,6 @@ import math
 import os
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -336,74 +334,43 @@ def test_fake_ranks_reproduce_single_process_loss_and_grads(impl, split):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
-def _gloo_worker(rank: int, world: int, init_file: str, impl: str) -> None:
-    """One rank of the 2-rank check: the alignment objective's gather, rows and global normalisation."""
+def _gloo_worker(impl: str) -> None:
+    """One rank of the 2-rank check: the alignment objective's gather, rows and global normalisation.
+
+    Runs under `tests/distributed.run_distributed_test` (the gloo group is up; teardown is the helper's)."""
     import torch.distributed as dist
 
     from prealign_scale.alignment.objective import global_layer_losses, rank_alignment_rows
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
-    try:
-        vectors, ids = make_batch(2, 19, 6, seed=12)
-        sizes = [7, 12]  # unequal rows per rank: the gather pads and trims
-        off, n = sum(sizes[:rank]), sizes[rank]
-        v = vectors.clone().requires_grad_()
-        ref_mean, ref_layers = contrastive_alignment_loss(v, ids, tau=TAU)
-        (ref_grad,) = torch.autograd.grad(ref_mean, v)
+    rank = dist.get_rank()
+    vectors, ids = make_batch(2, 19, 6, seed=12)
+    sizes = [7, 12]  # unequal rows per rank: the gather pads and trims
+    off, n = sum(sizes[:rank]), sizes[rank]
+    v = vectors.clone().requires_grad_()
+    ref_mean, ref_layers = contrastive_alignment_loss(v, ids, tau=TAU)
+    (ref_grad,) = torch.autograd.grad(ref_mean, v)
 
-        local = vectors[:, off:off + n].clone().requires_grad_()
-        rows = rank_alignment_rows(local, ids[off:off + n], tau=TAU, impl=impl, block_size=4)
-        share = rows.share()
-        share.backward()
-        global_layers = global_layer_losses(rows.sums.detach()[None], rows.count_all[None])  # one micro-batch
-        global_mean = global_layers.mean()
-        torch.testing.assert_close(global_mean, ref_mean.detach(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(global_layers, ref_layers.detach(), rtol=1e-12, atol=1e-12)
-        total_share = share.detach().clone()
-        dist.all_reduce(total_share)
-        torch.testing.assert_close(total_share, ref_mean.detach(), rtol=1e-12, atol=1e-12)
-        # The gather's backward sums the ranks' gradients: each rank's words get the single-process gradient.
-        torch.testing.assert_close(local.grad, ref_grad[:, off:off + n], rtol=1e-10, atol=1e-12)
-    finally:
-        # Both ranks leave their last collective before either tears down (a rank that destroys its group
-        # while the peer still talks to it can abort the peer inside gloo).
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _gloo_rank(rank: int, world: int, init_file: str, impl: str, err_dir: str) -> None:
-    """Process entry point: run the rank, and leave its traceback in err_dir/rank<r>.txt if it fails."""
-    import traceback
-
-    try:
-        _gloo_worker(rank, world, init_file, impl)
-    except BaseException:
-        Path(err_dir, f"rank{rank}.txt").write_text(traceback.format_exc())
-        raise
+    local = vectors[:, off:off + n].clone().requires_grad_()
+    rows = rank_alignment_rows(local, ids[off:off + n], tau=TAU, impl=impl, block_size=4)
+    share = rows.share()
+    share.backward()
+    global_layers = global_layer_losses(rows.sums.detach()[None], rows.count_all[None])  # one micro-batch
+    global_mean = global_layers.mean()
+    torch.testing.assert_close(global_mean, ref_mean.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(global_layers, ref_layers.detach(), rtol=1e-12, atol=1e-12)
+    total_share = share.detach().clone()
+    dist.all_reduce(total_share)
+    torch.testing.assert_close(total_share, ref_mean.detach(), rtol=1e-12, atol=1e-12)
+    # The gather's backward sums the ranks' gradients: each rank's words get the single-process gradient.
+    torch.testing.assert_close(local.grad, ref_grad[:, off:off + n], rtol=1e-10, atol=1e-12)
+    return rank
 
 
 @pytest.mark.slow
-def test_alignment_objective_two_gloo_ranks(tmp_path):
-    import multiprocessing as mp
+def test_alignment_objective_two_gloo_ranks():
+    from distributed import run_distributed_test
 
-    ctx = mp.get_context("spawn")
-    world, deadline_s = 2, 240
-    procs = [ctx.Process(target=_gloo_rank, args=(r, world, str(tmp_path / "pg_init"), "chunked", str(tmp_path)))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    start = time.monotonic()
-    for p in procs:
-        p.join(timeout=max(1.0, deadline_s - (time.monotonic() - start)))
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:  # only on a hang: end the ranks this test started
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=10)
-    errors = "".join(f.read_text() for f in sorted(tmp_path.glob("rank*.txt")))
-    assert not hung, f"ranks {hung} still running after {deadline_s} s\n{errors}"
-    assert [p.exitcode for p in procs] == [0] * world, errors
+    assert run_distributed_test(_gloo_worker, world_size=2, func_args=("chunked",), timeout=240) == [0, 1]
 
 
 # ------------------------------------------------------------------------------ Triton (interpreter)
