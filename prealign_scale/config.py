@@ -69,6 +69,8 @@ class DataConfig:
     tokenizer_dir: str | None = None  # copied into hf/ on export
     num_workers: int = 0  # DataLoader workers per rank for the shard reader
     skip_corrupt: bool = False  # unreadable shard samples become padding rows, counted in metrics (else: error)
+    # each shard's sha256 is checked against the manifest the first time a reader opens it (false: not checked)
+    verify_sha256: bool = True
 
 
 @dataclass

@@ -34,7 +34,7 @@ def data(tmp_path):
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps(
         {"format_version": 1, "seq_len": 64, "vocab_size": 800, "languages": ["clone", "en"], "eos_id": 1,
-         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 8} for i in range(4)]}))
+         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 8, "sha256": "0" * 64} for i in range(4)]}))
     touch_shards(shards, 4)
     table = tmp_path / "table"
     table.mkdir()
@@ -241,7 +241,7 @@ def test_scale_configs_validate_at_their_cluster_size(tmp_path, data, monkeypatc
     preset, world = PRESETS[name], SCALE_CONFIGS[name]
     (data["shards"] / "manifest.json").write_text(json.dumps(
         {"format_version": 1, "seq_len": preset.default_seq_len, "vocab_size": 50304, "languages": ["de", "en"], "eos_id": 1,
-         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 100} for i in range(128)]}))
+         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 100, "sha256": "0" * 64} for i in range(128)]}))
     touch_shards(data["shards"], 128)
     monkeypatch.chdir(ROOT)  # the config's ds_config path is relative to the repository root
     overrides = [f"data.shard_dir={data['shards']}", f"data.table_dir={data['table']}",
@@ -357,3 +357,14 @@ def test_table_and_tokenizer_must_be_the_shards_tokenizer(tmp_path, data):
     msg = error_of(write_cfg(tmp_path, data, lm={"steps": 0}), world_size=2)
     assert msg.startswith(f"data.tokenizer_dir: {data['tok'] / 'tokenizer.json'} is another tokenizer")
     assert f"than the one {meta_path} records" in msg
+
+
+def test_verify_sha256_needs_checksums_in_the_manifest(tmp_path, data):
+    manifest_path = data["shards"] / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["shards"][3]["sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert error_of(write_cfg(tmp_path, data), world_size=2) == (
+        f"data.verify_sha256: true, but {manifest_path} records no sha256 for shards[3]; rebuild the shards or set "
+        "data.verify_sha256=false")
+    assert load_config(write_cfg(tmp_path, data, data={"verify_sha256": False}), world_size=2).data.verify_sha256 is False

@@ -70,9 +70,16 @@ def read_manifest(shard_dir: str) -> Manifest:
         raise _fail("data.shard_dir", str(exc)) from None
 
 
-def check_shard_files(shard_dir: str, manifest: Manifest) -> None:
-    """Every shard the manifest lists is a file in data.shard_dir (ConfigError naming the first missing one)."""
+def check_shard_files(cfg: Config, manifest: Manifest) -> None:
+    """Every shard the manifest lists is a file in data.shard_dir (ConfigError naming the first missing one),
+    and each has a sha256 to verify against when data.verify_sha256 is on."""
+    shard_dir = cfg.data.shard_dir
     missing = [(i, rec["name"]) for i, rec in enumerate(manifest.shards) if not (Path(shard_dir) / rec["name"]).is_file()]
+    if cfg.data.verify_sha256:
+        unrecorded = [i for i, rec in enumerate(manifest.shards) if not rec.get("sha256")]
+        if unrecorded:
+            raise _fail("data.verify_sha256", f"true, but {Path(shard_dir) / MANIFEST_NAME} records no sha256 for "
+                        f"shards[{unrecorded[0]}]; rebuild the shards or set data.verify_sha256=false")
     if missing:
         i, name = missing[0]
         more = f" ({len(missing) - 1} more listed shard(s) missing too)" if len(missing) > 1 else ""
@@ -195,7 +202,7 @@ def resolve_config(cfg: Config, world_size: int = 1) -> Config:
         if cfg.data.shard_dir is None:
             raise _fail("data.shard_dir", "required for phase lm (lm.steps > 0)")
         manifest = read_manifest(cfg.data.shard_dir)
-        check_shard_files(cfg.data.shard_dir, manifest)
+        check_shard_files(cfg, manifest)
         vocab_sources[f"data.shard_dir ({MANIFEST_NAME})"] = manifest.vocab_size
         n_shards = len(manifest.shards)
         if n_shards % dp:
