@@ -35,7 +35,7 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(BuildConfig)}  # writt
 
 def _kv(text: str, what: str) -> tuple[str, str]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{what}: expected LANG=VALUE, got {text!r}")
+        raise BuildError(f"{what}: expected LANG=VALUE, got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
 
@@ -86,6 +86,8 @@ def config_from_args(a: argparse.Namespace) -> BuildConfig:
     if a.mixture:
         try:
             values["mixture"] = {k: float(v) for k, v in (_kv(x, "--mixture") for x in a.mixture.split(","))}
+        except BuildError:
+            raise
         except ValueError as exc:
             raise BuildError(f"--mixture: {exc}") from exc
     for name in ("switch_langs", "clone_langs"):

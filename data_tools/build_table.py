@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before any work
+        print(f"error: {args.out}: is a file, not a folder (--out names the table folder)", file=sys.stderr)
+        return 2
     try:
         result = read_dictionaries(args.dicts, args.format, args.strict, args.source_lang, args.target_lang)
         for problem in result.problems:

@@ -5,7 +5,7 @@ docs/training.md):
 
     model:  preset, vocab_size (null: from the shard manifest / table), seq_len (null: from the manifest),
             tp (null: the preset's default_tp), attention, init_hf (an HF folder to start from)
-    data:   shard_dir, table_dir, tokenizer_dir, num_workers, skip_corrupt
+    data:   shard_dir, table_dir, tokenizer_dir, num_workers, skip_corrupt, verify_sha256
     align:  phase 1 (alignment initialisation): steps, entries_per_rank, grad_accum, lr, tau, alpha, ...
     lm:     phase 2 (LM pretraining): steps, micro_batch_size, grad_accum, lr, doc_attention, ...
     run:    out_dir, seed, ds_config, phase, log_every, ckpt_every, keep_last, export_hf, ...
@@ -69,6 +69,8 @@ class DataConfig:
     tokenizer_dir: str | None = None  # copied into hf/ on export
     num_workers: int = 0  # DataLoader workers per rank for the shard reader
     skip_corrupt: bool = False  # unreadable shard samples become padding rows, counted in metrics (else: error)
+    # each shard's sha256 is checked against the manifest the first time a reader opens it (false: not checked)
+    verify_sha256: bool = True
 
 
 @dataclass

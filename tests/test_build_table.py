@@ -207,7 +207,8 @@ def test_cli_errors_exit_2(tok_dir, tmp_path, capsys, monkeypatch):
     bad.write_text("a\tb\tc\n", encoding="utf-8")
     proc = run_cli("--dict", bad, "--tokenizer", tok_dir, "--out", tmp_path / "t")
     assert proc.returncode == 2
-    assert proc.stderr == f"error: {bad}: no valid dictionary entry (1 bad lines, format tsv)\n"
+    assert proc.stderr == (f"error: {bad}: no valid dictionary entry (1 bad lines, format tsv); first bad lines: "
+                           f"{bad}:1: expected 2 fields (source<TAB>target), got 3 (tab-separated)\n")
     assert not (tmp_path / "t").exists()
     # --strict stops at the first bad line (in-process: the same main() the script runs).
     monkeypatch.syspath_prepend(str(REPO))
@@ -222,3 +223,34 @@ def test_cli_errors_exit_2(tok_dir, tmp_path, capsys, monkeypatch):
                  "--out", str(tmp_path / "t3")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'missing.tsv'}: dictionary file not found\n"
     assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
+
+
+def test_no_valid_line_names_the_first_bad_lines_and_exits_2(tok_dir, tmp_path):
+    """Issue 9, item 6: a file without one valid line names the file and its first bad lines (file:line)."""
+    bad = tmp_path / "allbad.tsv"
+    bad.write_text("a\tb\tc\n\tx\nonlyone\nd\te\tf\tg\n", encoding="utf-8")
+    proc = run_cli("--dict", bad, "--tokenizer", tok_dir, "--out", tmp_path / "t")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {bad}: no valid dictionary entry (4 bad lines, format tsv); first bad lines: ")
+    assert f"{bad}:1: expected 2 fields" in proc.stderr and f"{bad}:2: empty source word" in proc.stderr
+    assert f"{bad}:3: expected 2 fields" in proc.stderr and f"{bad}:4:" not in proc.stderr  # the first three
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_word_longer_than_the_token_limit_names_its_line(tok, tok_dir, tmp_path):
+    """Issue 9, item 9: the table builder bounds the tokens of a word and names the word's file:line."""
+    from prealign_scale.alignment.build_table import MAX_WORD_TOKENS
+    from prealign_scale.alignment.dictionaries import MAX_WORD_CHARS, read_dictionary
+
+    long_word = "\u4e00\u4e8c\u4e09\u56db" * (MAX_WORD_CHARS // 4)  # 100 CJK characters: bytes to this tokenizer
+    assert len(long_word) <= MAX_WORD_CHARS
+    d = tmp_path / "d.tsv"
+    d.write_text(f"house\tHaus\nlong\t{long_word}\n", encoding="utf-8")
+    result = read_dictionary(d, src_lang="en", tgt_lang="de")
+    assert result.problems == []
+    with pytest.raises(ValueError, match=rf"^{d}:2: word '.*'\.\.\. is \d+ tokens, more than the limit "
+                                         rf"MAX_WORD_TOKENS={MAX_WORD_TOKENS}"):
+        build(result.entries, tok)
+    proc = run_cli("--dict", d, "--tokenizer", tok_dir, "--out", tmp_path / "t")
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {d}:2: word ") and "Traceback" not in proc.stderr

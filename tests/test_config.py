@@ -18,18 +18,29 @@ ROOT = Path(__file__).resolve().parents[1]
 DS = str(ROOT / "ds_configs/cpu_zero3.json")
 
 
+TABLE_ENTRIES = 8192  # one phase-1 step of every shipped config (align.global_entries)
+
+
+def touch_shards(folder: Path, n: int) -> None:
+    """The (empty) shard files a manifest lists: validation checks that they exist, not their content."""
+    for i in range(n):
+        (folder / f"shard-{i:06d}.tar").touch()
+
+
 @pytest.fixture()
 def data(tmp_path):
-    """Minimal files the validation reads: a manifest, a table, a tokenizer.json."""
+    """Minimal files the validation reads: a manifest and its shard files, a table, a tokenizer.json."""
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps(
         {"format_version": 1, "seq_len": 64, "vocab_size": 800, "languages": ["clone", "en"], "eos_id": 1,
-         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 8} for i in range(4)]}))
+         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 8, "sha256": "0" * 64} for i in range(4)]}))
+    touch_shards(shards, 4)
     table = tmp_path / "table"
     table.mkdir()
-    (table / "entries.jsonl").write_text('{"id": 0, "words": ["a", "b"], "langs": ["en", "clone"], '
-                                         '"tokens": [[5], [405]]}\n')
+    (table / "entries.jsonl").write_text("".join(
+        json.dumps({"id": i, "words": [f"a{i}", f"b{i}"], "langs": ["en", "clone"], "tokens": [[5], [405]]}) + "\n"
+        for i in range(TABLE_ENTRIES)))
     (table / "meta.json").write_text(json.dumps({"vocab_size": 800}))
     tok = tmp_path / "tok"
     tok.mkdir()
@@ -230,7 +241,8 @@ def test_scale_configs_validate_at_their_cluster_size(tmp_path, data, monkeypatc
     preset, world = PRESETS[name], SCALE_CONFIGS[name]
     (data["shards"] / "manifest.json").write_text(json.dumps(
         {"format_version": 1, "seq_len": preset.default_seq_len, "vocab_size": 50304, "languages": ["de", "en"], "eos_id": 1,
-         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 100} for i in range(128)]}))
+         "shards": [{"name": f"shard-{i:06d}.tar", "samples": 100, "sha256": "0" * 64} for i in range(128)]}))
+    touch_shards(data["shards"], 128)
     monkeypatch.chdir(ROOT)  # the config's ds_config path is relative to the repository root
     overrides = [f"data.shard_dir={data['shards']}", f"data.table_dir={data['table']}",
                  f"data.tokenizer_dir={data['tok']}", f"run.out_dir={tmp_path / 'run'}"]
@@ -298,3 +310,61 @@ def test_launcher_parses_phase_and_overrides_and_exits_2(tmp_path, data, capsys,
         "config error: command line 'lm.stepz=1': lm.stepz: unknown key; did you mean lm.steps?\n"
     with pytest.raises(SystemExit):  # argparse: no prefix matching of flags (torchrun's trap, STACK.md)
         launcher.main(["--conf", str(path)])
+
+
+# ------------------------------------------------ issue 9, items 4 and 8: found before start-up, not after it
+
+
+def test_a_shard_listed_but_missing_is_named_before_start_up(tmp_path, data):
+    (data["shards"] / "shard-000002.tar").unlink()
+    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    assert msg == (f"data.shard_dir: {data['shards'] / 'shard-000002.tar'}: listed in manifest.json (shards[2]) but "
+                   "missing; copy the whole shard folder or rebuild it")
+
+
+def test_a_table_smaller_than_one_phase1_step_names_the_keys(tmp_path, data):
+    entries = data["table"] / "entries.jsonl"
+    entries.write_text("".join(entries.read_text().splitlines(keepends=True)[:15]))  # 15 < 8 x 2 ranks
+    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    assert msg == (f"align.entries_per_rank: 8 x 2 data-parallel ranks = 16 entries a phase-1 step, but "
+                   f"{data['table']} has 15 usable align entries; use a smaller align.entries_per_rank or a larger "
+                   "table")
+    load_config(write_cfg(tmp_path, data), world_size=1)  # 8 x 1 fits
+    assert "align.entries_per_rank" in error_of(write_cfg(tmp_path, data, align={"entries_per_rank": 16}))
+
+
+def test_table_and_tokenizer_must_be_the_shards_tokenizer(tmp_path, data):
+    from prealign_scale.text.tokenizer import tokenizer_sha256
+
+    tok_sha = tokenizer_sha256(data["tok"])
+    manifest_path = data["shards"] / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "tokenizer_sha256": "a" * 64}))
+    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    assert msg == (f"data.tokenizer_dir: {data['tok'] / 'tokenizer.json'} is another tokenizer (sha256 "
+                   f"{tok_sha[:12]}...) than the one {manifest_path} records (sha256 aaaaaaaaaaaa...); use the files "
+                   "built with one tokenizer")
+    manifest_path.write_text(json.dumps({**manifest, "tokenizer_sha256": tok_sha}))
+    meta_path = data["table"] / "meta.json"
+    meta_path.write_text(json.dumps({"vocab_size": 800, "tokenizer_sha256": "b" * 64}))
+    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    assert msg == (f"data.table_dir: {meta_path} was made with another tokenizer (sha256 bbbbbbbbbbbb...) than the "
+                   f"one {manifest_path} records (sha256 {tok_sha[:12]}...); use the files built with one tokenizer")
+    meta_path.write_text(json.dumps({"vocab_size": 800, "tokenizer_sha256": tok_sha}))
+    load_config(write_cfg(tmp_path, data), world_size=2)  # all three agree
+    # phase 1 only (no shards read): the tokenizer folder is checked against the table
+    meta_path.write_text(json.dumps({"vocab_size": 800, "tokenizer_sha256": "b" * 64}))
+    msg = error_of(write_cfg(tmp_path, data, lm={"steps": 0}), world_size=2)
+    assert msg.startswith(f"data.tokenizer_dir: {data['tok'] / 'tokenizer.json'} is another tokenizer")
+    assert f"than the one {meta_path} records" in msg
+
+
+def test_verify_sha256_needs_checksums_in_the_manifest(tmp_path, data):
+    manifest_path = data["shards"] / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["shards"][3]["sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert error_of(write_cfg(tmp_path, data), world_size=2) == (
+        f"data.verify_sha256: true, but {manifest_path} records no sha256 for shards[3]; rebuild the shards or set "
+        "data.verify_sha256=false")
+    assert load_config(write_cfg(tmp_path, data, data={"verify_sha256": False}), world_size=2).data.verify_sha256 is False

@@ -331,3 +331,34 @@ def test_read_dictionaries_concatenates(tmp_path):
     assert read_dictionaries([a]).sha256 == shas[0]
     with pytest.raises(DictionaryError, match="no dictionary file given"):
         read_dictionaries([])
+
+
+def test_no_valid_entry_names_the_first_bad_lines(tmp_path):
+    """Issue 9, item 6: the error names the file and its first bad lines (file:line: reason), not only a count."""
+    only_bad = tmp_path / "allbad.tsv"
+    only_bad.write_text("a\tb\tc\n\tx\n", encoding="utf-8")
+    with pytest.raises(DictionaryError) as err:
+        read_dictionary(only_bad)
+    assert str(err.value) == (f"{only_bad}: no valid dictionary entry (2 bad lines, format tsv); first bad lines: "
+                              f"{only_bad}:1: expected 2 fields (source<TAB>target), got 3 (tab-separated); "
+                              f"{only_bad}:2: empty source word")
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_a_huge_word_is_a_bad_line_not_a_word(tmp_path, fmt):
+    """Issue 9, item 9: a 10 MB line is a bad line (file:line, the character limit), not a 10-million-token word."""
+    from prealign_scale.alignment.dictionaries import MAX_WORD_CHARS
+
+    huge = "x" * 10_000_000
+    path = tmp_path / f"d.{fmt}"
+    if fmt == "tsv":
+        path.write_text(f"house\tHaus\nbig\t{huge}\n", encoding="utf-8")
+    else:
+        write_jsonl(path, [{"src_text": "house", "tgt_text": "Haus"}, {"words": ["big", huge]}])
+    result = read_dictionary(path)
+    assert result.entries == [E("house", "Haus")]
+    message = f"word of 10000000 characters ('{'x' * 20}'...), longer than the limit MAX_WORD_CHARS={MAX_WORD_CHARS}"
+    assert where(result.problems) == [(2, message)]
+    assert result.entries[0].where == (f"{path}:1", f"{path}:1")
+    with pytest.raises(DictionaryError, match=rf"^{path}:2: word of 10000000 characters"):
+        read_dictionary(path, strict=True)

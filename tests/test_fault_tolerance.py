@@ -7,7 +7,9 @@
 2. A damaged latest checkpoint (a truncated file, a deleted completeness marker, a flipped byte): detected at
    the start, the previous tag is used with a warning naming both, and the losses equal the reference.
 3. A truncated shard: the error names the shard and the sample; with `data.skip_corrupt=true` the run goes on
-   and metrics.jsonl counts exactly the unreadable samples.
+   and metrics.jsonl counts exactly the unreadable samples (both with `data.verify_sha256=false`: the
+   per-sample checks behind the checksum). A byte flipped inside the id range, which every per-sample check
+   passes: the shard's sha256 check at its first read stops the job naming the shard.
 4. A full disk (a size-limited tmpfs) while writing a checkpoint: rank 0 prints one line saying what and where,
    the job exits non-zero, `latest` still names the previous checkpoint, intact, and the partial tag is gone.
 
@@ -23,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -300,7 +303,7 @@ def bad_shard(data, tmp_path_factory):
 @slow
 def test_truncated_shard_stops_the_job_naming_shard_and_sample(bad_shard, tmp_path, figures):
     data, path, last_good, per_shard = bad_shard
-    rc, out, secs = launch(fault_config(tmp_path / "cfg.yaml", data, tmp_path / "run"))
+    rc, out, secs = launch(fault_config(tmp_path / "cfg.yaml", data, tmp_path / "run"), "data.verify_sha256=false")
     assert rc != 0
     assert (f"{path}: only 3 of {per_shard} samples could be read; the shard is truncated or corrupt after "
             f"sample key {last_good}") in out, out[-6000:]
@@ -313,7 +316,8 @@ def test_truncated_shard_stops_the_job_naming_shard_and_sample(bad_shard, tmp_pa
 def test_truncated_shard_is_skipped_and_counted_with_the_switch(bad_shard, tmp_path, figures):
     data, path, _, per_shard = bad_shard
     run = tmp_path / "run"
-    rc, out, secs = launch(fault_config(tmp_path / "cfg.yaml", data, run, steps=4), "data.skip_corrupt=true")
+    rc, out, secs = launch(fault_config(tmp_path / "cfg.yaml", data, run, steps=4), "data.skip_corrupt=true",
+                           "data.verify_sha256=false")
     assert rc == 0, out[-6000:]
     recs = read_metrics(run)
     # rank 1 reads 4 samples per step (2 micro-batches of 2), from sample 0 of the cut shard; 3 are readable
@@ -324,6 +328,29 @@ def test_truncated_shard_is_skipped_and_counted_with_the_switch(bad_shard, tmp_p
     assert f"{path}: only 3 of {per_shard} samples could be read" in out
     figures["corrupt_shard_skip"] = {"unreadable_samples": per_shard - 3, "skipped_counted": sum(per_step),
                                      "readable_samples_lost": 0, "run_s": round(secs, 1)}
+
+
+@slow
+def test_flipped_id_byte_stops_the_job_naming_the_shard(data, tmp_path_factory, tmp_path, figures):
+    """A byte of an input id changed, the id still inside the vocabulary: only the checksum can tell."""
+    shards = tmp_path_factory.mktemp("flipped_shards") / "shards"
+    shutil.copytree(data["shards"], shards)
+    manifest = load_manifest(shards)
+    order = epoch_shard_order(len(manifest.shards), seed=1234, epoch=0)
+    path = shards / manifest.shards[order[1::2][0]]["name"]  # rank 1's first shard
+    with tarfile.open(path) as tf:
+        ids = next(m for m in tf.getmembers() if m.name.endswith("input_ids.bin"))
+    with open(path, "r+b") as f:  # the low byte of the first id of the first sample
+        f.seek(ids.offset_data)
+        low = f.read(1)[0]
+        f.seek(ids.offset_data)
+        f.write(bytes([low ^ 0x01]))
+    rc, out, secs = launch(fault_config(tmp_path / "cfg.yaml", {**data, "shards": shards}, tmp_path / "run"))
+    assert rc != 0
+    assert f"{path}: sha256 " in out and "differs from the manifest's" in out, out[-6000:]
+    assert "[prealign] rank 1: training failed: ShardCorruptError:" in out
+    assert metric_lines(tmp_path / "run") == 0
+    figures["flipped_shard_byte"] = {"launch_to_exit_s": round(secs, 1), "failed_at_step": 1}
 
 
 # -------------------------------------------------------------------------------------------- 4. a full disk

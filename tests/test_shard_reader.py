@@ -13,7 +13,14 @@ import pytest
 import torch
 import webdataset as wds
 
-from prealign_scale.data.shard_format import IGNORE_INDEX, Sample, encode_sample, sample_key, shard_name
+from prealign_scale.data.shard_format import (
+    IGNORE_INDEX,
+    Sample,
+    encode_sample,
+    file_sha256,
+    sample_key,
+    shard_name,
+)
 from prealign_scale.data.shard_reader import (
     ShardCorruptError,
     ShardLoader,
@@ -56,7 +63,7 @@ def write_shards(folder: Path, n_shards: int, per_shard: int, sample=make_sample
                 "tokens": per_shard * SEQ,
                 "loss_tokens": 0,
                 "switched_words": 0,
-                "sha256": "0" * 64,
+                "sha256": file_sha256(folder / shard_name(s)),
             }
         )
     manifest = {
@@ -219,7 +226,9 @@ def truncate_inside_sample(path: Path, index: int) -> None:
 def test_truncated_shard_raises_naming_shard_and_key(tmp_path):
     d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
     truncate_inside_sample(d / shard_name(1), 2)
-    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False)
+    # the per-sample checks behind the checksum (which, on by default, would stop at the shard first)
+    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False,
+                         verify_sha256=False)
     with pytest.raises(ShardCorruptError, match=r"shard-000001\.tar: sample 000001-000002: missing member"):
         take(loader, 4)
 
@@ -228,7 +237,8 @@ def test_truncated_shard_is_skipped_and_counted(tmp_path):
     d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
     truncate_inside_sample(d / shard_name(1), 2)
     loader = ShardLoader(
-        d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False, skip_corrupt=True
+        d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False, skip_corrupt=True,
+        verify_sha256=False,  # the per-sample checks behind the checksum
     )
     batches = take(loader, 6)  # 1.5 epochs
     assert [b["skipped"] for b in batches] == [0, 0, 0, 2, 0, 0]
@@ -272,13 +282,15 @@ def test_shard_cut_inside_a_header_reports_the_last_good_key(tmp_path):
         first_member_of_sample_2 = tf.getmembers()[8]
     with open(path, "r+b") as f:
         f.truncate(first_member_of_sample_2.offset + 100)  # tarfile just stops here, without an error
-    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False)
+    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False,
+                         verify_sha256=False)  # the per-sample checks behind the checksum
     with pytest.raises(
         ShardCorruptError, match=r"shard-000001\.tar: only 2 of 4 samples .* after sample key 000001-000001"
     ):
         take(loader, 4)
     loader = ShardLoader(
-        d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False, skip_corrupt=True
+        d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False, skip_corrupt=True,
+        verify_sha256=False,
     )
     assert [b["skipped"] for b in take(loader, 4)] == [0, 0, 0, 2]
 
@@ -342,10 +354,11 @@ def test_resume_is_exact_with_workers(tmp_path, workers):
 def test_skipped_count_crosses_the_worker_boundary(tmp_path):
     d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
     truncate_inside_sample(d / shard_name(1), 2)
-    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=2, skip_corrupt=True)
+    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=2, skip_corrupt=True,
+                         verify_sha256=False)  # the per-sample count behind the checksum
     batches = take(loader, 4)  # one epoch: 2 readers x 2 batches
     assert sum(b["skipped"] for b in batches) == 2 and loader.skipped_samples == 2
-    strict = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=2)
+    strict = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=2, verify_sha256=False)
     with pytest.raises(ShardCorruptError, match=r"shard-000001\.tar: sample 000001-000002"):
         take(strict, 4)
 
@@ -360,3 +373,69 @@ def test_loader_workers_ignore_preemption_signals():
             "os.kill(os.getpid(), signal.SIGUSR1); print('alive')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "alive"
+
+
+# ------------------------------------------------------------------- shard integrity at read (issue 9, item 10)
+
+
+def flip_byte_in_ids(path: Path, sample: int, token: int) -> int:
+    """Change the low byte of input id `token` of sample `sample` in place (the id stays inside the
+    vocabulary, so only the checksum can tell); returns the new id."""
+    with tarfile.open(path) as tf:
+        member = tf.getmembers()[4 * sample]  # input_ids.bin comes first
+    assert member.name.endswith("input_ids.bin")
+    with open(path, "r+b") as f:
+        f.seek(member.offset_data + 4 * token)
+        raw = bytearray(f.read(4))
+        raw[0] ^= 0x01
+        f.seek(member.offset_data + 4 * token)
+        f.write(raw)
+    return int.from_bytes(raw, "little")
+
+
+def test_a_flipped_id_byte_stops_the_reader_naming_the_shard(tmp_path):
+    d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
+    new_id = flip_byte_in_ids(d / shard_name(1), sample=1, token=3)
+    assert new_id < 100000  # inside the vocabulary: the per-sample checks cannot see it
+    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False)
+    with pytest.raises(ShardCorruptError, match=rf"^{d / shard_name(1)}: sha256 [0-9a-f]{{16}}\.\.\. differs from the "
+                                               r"manifest's [0-9a-f]{16}\.\.\.: the shard changed after it was built"):
+        take(loader, 4)
+    # with the check off the changed id is read as it is (what the check exists for)
+    unchecked = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False,
+                            verify_sha256=False)
+    batches = take(unchecked, 4)
+    assert int(batches[2]["input_ids"][1, 3]) == new_id != 1000 * 1 + 10 * 1 + 3
+
+
+def test_a_flipped_id_byte_with_skip_corrupt_skips_the_whole_shard(tmp_path):
+    d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
+    flip_byte_in_ids(d / shard_name(1), sample=1, token=3)
+    loader = ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, shuffle_shards=False,
+                         skip_corrupt=True)
+    batches = take(loader, 8)  # two epochs: the bad shard is skipped at every visit
+    assert [b["skipped"] for b in batches] == [0, 0, 2, 2, 0, 0, 2, 2] and loader.skipped_samples == 8
+    assert batches[2]["keys"] == [None, None] and batches[4]["keys"] == ["000000-000000", "000000-000001"]
+
+
+def test_each_shard_is_hashed_once_per_reader_process(tmp_path, monkeypatch):
+    import prealign_scale.data.shard_reader as reader
+
+    d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
+    hashed = []
+    monkeypatch.setattr(reader, "file_sha256", lambda p: hashed.append(Path(p).name) or file_sha256(p))
+    take(ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0), 12)  # three epochs
+    assert sorted(hashed) == [shard_name(0), shard_name(1)]
+    hashed.clear()
+    take(ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, verify_sha256=False), 4)
+    assert hashed == []
+
+
+def test_a_manifest_without_checksums_needs_the_check_off(tmp_path):
+    d = write_shards(tmp_path / "s", n_shards=2, per_shard=4)
+    manifest = json.loads((d / "manifest.json").read_text())
+    del manifest["shards"][1]["sha256"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"shards\[1\] records no sha256 .* data\.verify_sha256=false"):
+        ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0)
+    ShardLoader(d, 2, dp_rank=0, dp_world_size=1, seed=0, num_workers=0, verify_sha256=False)

@@ -7,7 +7,9 @@ Steps, each deterministic:
 2. Merge entries whose (language, word) sets are identical (the first one's word order stays).
 3. Drop entries left with fewer than two words (counted in ``meta["counts"]["dropped"]``).
 4. Tokenise every word in its mid-sentence form (:func:`prealign_scale.text.tokenizer.mid_sentence_forms`:
-   as after a space inside a sentence, no BOS).
+   as after a space inside a sentence, no BOS). A word of more than :data:`MAX_WORD_TOKENS` tokens stops the
+   build (ValueError naming the word's ``path:line``): no dictionary word is that long; it is a broken line or
+   a tokenizer that does not cover the script (the readers already bound the characters, MAX_WORD_CHARS).
 5. Order the entries by their key (the words joined in sorted order, then the languages) and number them
    0..n-1.
 6. Split without leaks (:func:`leak_free_splits`): entries that share a word (same language, same
@@ -27,6 +29,7 @@ from prealign_scale.text.tokenizer import mid_sentence_forms
 
 KEY_SEPARATOR = "\t"
 # What meta.json records as the split rule (docs/dictionaries.md, "The split").
+MAX_WORD_TOKENS = 64  # most tokens one dictionary word may take under the tokenizer
 SPLIT_RULE = ("groups: entries sharing a (language, normalised word) are one group; whole groups are held out "
               "in order of blake2b(seed, group key) while that brings the held-out entry count closer to "
               "round(heldout_fraction * entries)")
@@ -46,8 +49,9 @@ def clean_entries(raw_entries: Iterable[RawEntry]) -> tuple[list[RawEntry], dict
         counts["raw_entries"] += 1
         words: list[str] = []
         langs: list[str] = []
+        origins: list[str] = []
         pairs: set[tuple[str, str]] = set()
-        for word, lang in zip(raw.words, raw.langs):
+        for i, (word, lang) in enumerate(zip(raw.words, raw.langs)):
             word = word.strip()
             if not word:
                 continue
@@ -57,6 +61,8 @@ def clean_entries(raw_entries: Iterable[RawEntry]) -> tuple[list[RawEntry], dict
             pairs.add((lang, word))
             words.append(word)
             langs.append(lang)
+            if raw.where:
+                origins.append(raw.where[i])
         if len(words) < 2:
             counts["dropped"] += 1
             continue
@@ -65,13 +71,25 @@ def clean_entries(raw_entries: Iterable[RawEntry]) -> tuple[list[RawEntry], dict
             counts["merged"] += 1
             continue
         seen_sets.add(word_set)
-        cleaned.append(RawEntry(tuple(words), tuple(langs)))
+        cleaned.append(RawEntry(tuple(words), tuple(langs), tuple(origins)))
     return cleaned, counts
 
 
 def tokenize_words(tokenizer, words: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """Mid-sentence token ids of each distinct word (batched in Rust; no BOS whatever the template)."""
     return mid_sentence_forms(tokenizer, words)
+
+
+def check_word_tokens(entries: Sequence[RawEntry], token_ids: dict[str, tuple[int, ...]]) -> None:
+    """ValueError naming ``path:line`` (when known) of the first word longer than MAX_WORD_TOKENS tokens."""
+    for e in entries:
+        for i, word in enumerate(e.words):
+            n = len(token_ids[word.strip()])
+            if n > MAX_WORD_TOKENS:
+                where = f"{e.where[i]}: " if e.where else ""
+                raise ValueError(f"{where}word {word[:20]!r}{'...' if len(word) > 20 else ''} is {n} tokens, "
+                                 f"more than the limit MAX_WORD_TOKENS={MAX_WORD_TOKENS} (a broken line, or a "
+                                 "tokenizer that does not cover this script)")
 
 
 def word_groups(entries: Sequence) -> list[int]:
@@ -156,6 +174,7 @@ def build_alignment_table(
     empty = sorted(w for w, t in token_ids.items() if not t)
     if empty:
         raise ValueError(f"{len(empty)} words tokenise to nothing, e.g. {empty[:5]}")
+    check_word_tokens(cleaned, token_ids)
 
     ordered = sorted(cleaned, key=lambda e: (entry_key(e.words), e.langs, e.words))
     groups = word_groups(ordered)

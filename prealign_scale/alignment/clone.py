@@ -318,6 +318,8 @@ def build_english_clone(
     from prealign_scale.text.tokenizer import load_tokenizer
     from prealign_scale.text.tokenizer import tokenizer_sha256 as _tok_sha
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"{out_dir}: is a file, not a folder (the output folder of the English-Clone data)")
     check_corpus(corpus, text_field=text_field, fmt=fmt)
     base = load_tokenizer(tokenizer_dir)
     docs = list(iter_documents(corpus, text_field=text_field, fmt=fmt))

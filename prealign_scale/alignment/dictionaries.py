@@ -17,7 +17,12 @@ first appearance, repeated targets dropped), because all translations of a word 
 A bad line (wrong number of fields, an empty side, invalid UTF-8, invalid JSON, a missing key, a bad dictd
 index line) becomes a :class:`Problem` ``(path, lineno, message)``; reading continues and the problems are
 returned. With ``strict=True`` the first problem raises :class:`DictionaryError` ("path:line: message"). A
-file that yields no entry at all is always an error.
+file that yields no entry at all is always an error; its message names the first bad lines.
+
+Word length is bounded: a word of more than :data:`MAX_WORD_CHARS` characters is a bad line (a broken file,
+not a word: without the bound a 10 MB line became a 10-million-token word). The table builder bounds the
+tokens of each word too (``MAX_WORD_TOKENS`` in alignment/build_table.py), naming the word's ``path:line``,
+which every :class:`RawEntry` read from a file carries (``where``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMATS = ("tsv", "jsonl", "dictd")
+MAX_WORD_CHARS = 100  # longest dictionary word (characters) accepted; a longer one makes its line a bad line
+SHOWN_BAD_LINES = 3  # bad lines quoted in the error of a file without any valid entry
 _EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".index": "dictd", ".dict": "dictd", ".dz": "dictd"}
 
 
@@ -45,10 +52,14 @@ class RawEntry:
 
     words: tuple[str, ...]
     langs: tuple[str, ...]
+    # "path:line" each word was read from (parallel to words; empty for entries made in code)
+    where: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
         if len(self.words) != len(self.langs):
             raise ValueError(f"RawEntry: {len(self.words)} words but {len(self.langs)} langs: {self.words}")
+        if self.where and len(self.where) != len(self.words):
+            raise ValueError(f"RawEntry: {len(self.words)} words but {len(self.where)} origins: {self.words}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,18 @@ class _Problems:
     def __init__(self, path: Path, strict: bool):
         self.path, self.strict, self.items = str(path), strict, []
 
+    def where(self, lineno: int) -> str:
+        return f"{self.path}:{lineno}"
+
+    def too_long(self, lineno: int, words: list[str]) -> bool:
+        """Report (and return True) when a word of the line is longer than MAX_WORD_CHARS characters."""
+        for word in words:
+            if len(word) > MAX_WORD_CHARS:
+                self.add(lineno, f"word of {len(word)} characters ({word[:20]!r}...), longer than the limit "
+                                 f"MAX_WORD_CHARS={MAX_WORD_CHARS}")
+                return True
+        return False
+
     def add(self, lineno: int, message: str) -> None:
         problem = Problem(self.path, lineno, message)
         if self.strict:
@@ -108,24 +131,25 @@ class _Grouper:
     """Builds entries in order of first appearance; pairs with the same source word share one entry."""
 
     def __init__(self):
-        self._slots: list[tuple[list[str], list[str]]] = []
+        self._slots: list[tuple[list[str], list[str], list[str]]] = []  # words, langs, where
         self._by_source: dict[tuple[str, str], int] = {}
 
-    def add_pair(self, src: str, tgt: str, src_lang: str, tgt_lang: str) -> None:
+    def add_pair(self, src: str, tgt: str, src_lang: str, tgt_lang: str, where: str) -> None:
         key = (src_lang, src)
         if key not in self._by_source:
             self._by_source[key] = len(self._slots)
-            self._slots.append(([src], [src_lang]))
-        words, langs = self._slots[self._by_source[key]]
+            self._slots.append(([src], [src_lang], [where]))
+        words, langs, origins = self._slots[self._by_source[key]]
         if not any(w == tgt and l == tgt_lang for w, l in zip(words[1:], langs[1:])):
             words.append(tgt)
             langs.append(tgt_lang)
+            origins.append(where)
 
-    def add_entry(self, words: list[str], langs: list[str]) -> None:
-        self._slots.append((list(words), list(langs)))
+    def add_entry(self, words: list[str], langs: list[str], where: str) -> None:
+        self._slots.append((list(words), list(langs), [where] * len(words)))
 
     def entries(self) -> list[RawEntry]:
-        return [RawEntry(tuple(w), tuple(l)) for w, l in self._slots if len(w) >= 2]
+        return [RawEntry(tuple(w), tuple(l), tuple(o)) for w, l, o in self._slots if len(w) >= 2]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,7 +170,9 @@ def _read_tsv(path: Path, problems: _Problems, src_lang: str, tgt_lang: str) -> 
         if not src or not tgt:
             problems.add(lineno, f"empty {'source' if not src else 'target'} word")
             continue
-        group.add_pair(src, tgt, src_lang, tgt_lang)
+        if problems.too_long(lineno, [src, tgt]):
+            continue
+        group.add_pair(src, tgt, src_lang, tgt_lang, problems.where(lineno))
     return group.entries(), 0
 
 
@@ -159,6 +185,8 @@ def _json_words(obj: dict, lineno: int, problems: _Problems, src_lang: str, tgt_
     words = [w.strip() for w in words]
     if not all(words):
         problems.add(lineno, f"field 'words': item {words.index('') + 1} is empty")
+        return None
+    if problems.too_long(lineno, words):
         return None
     langs = obj.get("langs")
     if langs is None:
@@ -187,7 +215,7 @@ def _read_jsonl(path: Path, problems: _Problems, src_lang: str, tgt_lang: str) -
         if "words" in obj:
             checked = _json_words(obj, lineno, problems, src_lang, tgt_lang)
             if checked is not None:
-                group.add_entry(*checked)
+                group.add_entry(*checked, problems.where(lineno))
             continue
         missing = [k for k in ("src_text", "tgt_text") if k not in obj]
         if missing:
@@ -200,7 +228,10 @@ def _read_jsonl(path: Path, problems: _Problems, src_lang: str, tgt_lang: str) -
         if not src.strip() or not tgt.strip():
             problems.add(lineno, f"empty {'src_text' if not src.strip() else 'tgt_text'}")
             continue
-        group.add_pair(src.strip(), tgt.strip(), str(obj.get("src_lang", src_lang)), str(obj.get("tgt_lang", tgt_lang)))
+        if problems.too_long(lineno, [src.strip(), tgt.strip()]):
+            continue
+        group.add_pair(src.strip(), tgt.strip(), str(obj.get("src_lang", src_lang)), str(obj.get("tgt_lang", tgt_lang)),
+                       problems.where(lineno))
     return group.entries(), 0
 
 
@@ -349,8 +380,10 @@ def _read_dictd(index: Path, data_path: Path, problems: _Problems, src_lang: str
         if not is_single_word(headword) or not translations:
             skipped += 1
             continue
+        if problems.too_long(lineno, [headword, *translations]):
+            continue
         for tgt in translations:
-            group.add_pair(headword, tgt, src_lang, tgt_lang)
+            group.add_pair(headword, tgt, src_lang, tgt_lang, problems.where(lineno))
     return group.entries(), skipped
 
 
@@ -392,8 +425,9 @@ def read_dictionary(
         entries, skipped = reader(path, problems, src_lang, tgt_lang)
         files, shown = [path], path
     if not entries:
+        first = "; ".join(str(p) for p in problems.items[:SHOWN_BAD_LINES])
         raise DictionaryError(f"{shown}: no valid dictionary entry ({len(problems.items)} bad lines, "
-                              f"format {fmt})")
+                              f"format {fmt})" + (f"; first bad lines: {first}" if first else ""))
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.read_bytes())

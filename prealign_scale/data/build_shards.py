@@ -276,6 +276,8 @@ def build_shards(cfg: BuildConfig, out_dir: str | Path, *, workers: int = 1, wor
         except LauncherError as exc:
             raise BuildError(str(exc)) from exc
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"{out_dir}: is a file, not a folder (--out names the shard folder to create or resume)")
     work = out_dir / ".work"
     # Before any work starts: the settings, every input file up to its first document, tokenizer vs table
     # (prepare), and upper bounds on the tokens the corpora can give (check_quotas, rank 0). Later: a bad line

@@ -23,6 +23,7 @@ and four members:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -40,6 +41,19 @@ INPUT_DTYPE = np.dtype("<u4")
 TARGET_DTYPE = np.dtype("<i4")
 SEGMENT_DTYPE = np.dtype("<u2")
 MEMBERS = ("input_ids.bin", "targets.bin", "segments.bin", "meta.json")
+
+
+HASH_CHUNK = 1 << 20  # bytes read at a time by file_sha256
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, streamed in HASH_CHUNK pieces (never the whole file in memory): what a manifest's
+    shard record holds in ``sha256``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def shard_name(index: int) -> str:

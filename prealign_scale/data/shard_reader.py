@@ -23,6 +23,12 @@ Corrupt data: a shard that cannot be read completely (truncated, bad member) rai
 sample becomes a *padding row* instead (``input_ids`` = EOS, ``targets`` all ``-100``, ``segments`` 0), so
 batch shapes and all positions stay fixed (resume stays exact); the batch's ``skipped`` field counts them and
 :attr:`ShardLoader.skipped_samples` sums them on this rank.
+
+Integrity (``verify_sha256=True``, the default): the first time a reader process opens a shard, the file's
+sha256 (streamed, :func:`~prealign_scale.data.shard_format.file_sha256`) is compared with the manifest's
+record before any of its samples is used, so a changed byte that still decodes (an id inside the vocabulary)
+is not trained on. A mismatch raises :class:`ShardCorruptError` naming the shard; with ``skip_corrupt=True``
+every sample of that shard becomes a padding row (which of them changed is unknown), counted as above.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from prealign_scale.data.shard_format import (
     Manifest,
     SampleFormatError,
     decode_sample,
+    file_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -172,9 +179,15 @@ class _ShardStream(IterableDataset):
         skip_corrupt: bool,
         start_epoch: int,
         start_batch: int,
+        verify_sha256: bool = True,
     ):
         super().__init__()
         self.urls = [str(shard_dir / s["name"]) for s in manifest.shards]
+        # url -> the manifest's sha256, checked the first time this process opens the shard (None: no check)
+        self.expected_sha256 = {url: s.get("sha256") for url, s in zip(self.urls, manifest.shards)} \
+            if verify_sha256 else {}
+        self.verified: set[str] = set()
+        self.corrupt: set[str] = set()  # mismatched shards (skip_corrupt): skipped whole at every visit
         self.samples_per_shard = int(manifest.shards[0]["samples"])
         self.seq_len = manifest.seq_len
         self.eos_id = manifest.eos_id
@@ -229,6 +242,11 @@ class _ShardStream(IterableDataset):
         n_per = self.samples_per_shard
         pending = next(samples, None)
         for url in urls:
+            if not self._intact(url):  # skip_corrupt: drop what was read of it; every slot a padding row
+                while pending is not None and pending["__url__"] == url:
+                    pending = next(samples, None)
+                yield from itertools.repeat(_Missing, n_per)
+                continue
             n, last_key = 0, None
             while pending is not None and pending["__url__"] == url:
                 n += 1
@@ -251,6 +269,29 @@ class _ShardStream(IterableDataset):
                 yield from itertools.repeat(_Missing, n_per - n)
         if pending is not None:
             raise RuntimeError(f"reader got a sample of {pending['__url__']}, which is not one of its shards")
+
+    def _intact(self, url: str) -> bool:
+        """The shard's sha256 equals the manifest's (checked once per process; True when not checked).
+        A mismatch raises ShardCorruptError, or with skip_corrupt logs a warning and returns False."""
+        if url in self.corrupt:
+            return False
+        want = self.expected_sha256.get(url)
+        if want is None or url in self.verified:
+            return True
+        try:
+            got = file_sha256(url)
+        except OSError as exc:
+            got = f"unreadable ({exc})"
+        if got == want:
+            self.verified.add(url)
+            return True
+        msg = (f"{url}: sha256 {got[:16]}... differs from the manifest's {want[:16]}...: the shard changed after it "
+               "was built (a changed byte, a truncation or another file)")
+        if not self.skip_corrupt:
+            raise ShardCorruptError(f"{msg}. Rebuild the shard, or pass skip_corrupt=True to skip it.")
+        log.warning("%s: skipping all %d samples", msg, self.samples_per_shard)
+        self.corrupt.add(url)  # reported once; every later visit skips it the same way
+        return False
 
     def _prepare(self, item: Any) -> dict | None:
         """Raw sample -> numpy row (or None for a skipped slot)."""
@@ -340,6 +381,8 @@ class ShardLoader:
     language), ``position_ids`` (restart at 0 at every document start in a sample): LongTensor [b, s];
     ``doc_ids``: list (per sample) of lists of document ids; ``keys``: sample keys (None for a skipped slot);
     ``skipped``: number of padding rows that replace unreadable samples (only with ``skip_corrupt``).
+    ``verify_sha256``: check each shard against the manifest's sha256 the first time a reader opens it (see
+    the module docstring); the manifest must then record one for every shard.
 
     Requirements (checked): the shard count is a multiple of ``dp_world_size * max(1, num_workers)`` and every
     reader gets at least one full batch per epoch; the incomplete last batch of each reader and epoch is
@@ -361,9 +404,17 @@ class ShardLoader:
         shuffle_shards: bool = True,
         skip_corrupt: bool = False,
         pin_memory: bool = False,
+        verify_sha256: bool = True,
     ):
         self.shard_dir = Path(shard_dir)
         self.manifest = load_manifest(self.shard_dir)
+        self.verify_sha256 = verify_sha256
+        if verify_sha256:
+            unrecorded = [i for i, s in enumerate(self.manifest.shards) if not s.get("sha256")]
+            if unrecorded:
+                raise ValueError(f"{self.shard_dir / MANIFEST_NAME}: shards[{unrecorded[0]}] records no sha256 to "
+                                 "verify the shard against; rebuild the shards, or turn the check off "
+                                 "(verify_sha256=False, run config data.verify_sha256=false)")
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if not (dp_world_size >= 1 and 0 <= dp_rank < dp_world_size):
@@ -451,6 +502,7 @@ class ShardLoader:
             self.skip_corrupt,
             self.epoch,
             self.batches,
+            self.verify_sha256,
         )
         loader = DataLoader(
             stream,

@@ -55,7 +55,7 @@ class LMPhase(Phase):
         self.dp_world_size, self.dp_group = dp_world_size, dp_group
         self.loader = ShardLoader(cfg.data.shard_dir, cfg.lm.micro_batch_size, dp_rank=dp_rank,
                                   dp_world_size=dp_world_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                                  skip_corrupt=cfg.data.skip_corrupt)
+                                  skip_corrupt=cfg.data.skip_corrupt, verify_sha256=cfg.data.verify_sha256)
         self.languages = self.loader.languages
         self._it = None
         self.fused = getattr(engine.module, FUSED_HEAD_ATTR, None)

@@ -9,6 +9,12 @@
    table's meta.json, the tokenizer folder and ``model.init_hf``. Derived values (model.tp, model.vocab_size,
    model.seq_len, align/lm grad_accum) go into a new Config (``dataclasses.replace``); the input is unchanged.
 
+What would otherwise fail only after start-up is checked here too, each as one line naming the key and the
+file: every shard the manifest lists exists; the alignment table has at least one phase-1 step of align
+entries (``align.entries_per_rank`` x data-parallel ranks, words of at most seq_len tokens, as the phase-1
+loader counts them); the table (meta.json) and ``data.tokenizer_dir`` (tokenizer.json) were made with the
+tokenizer the shards were built with (the sha256 the manifest records; without shards, the table's).
+
 The default of each derived value lives where its source is: tp in the preset (default_tp), seq_len in the
 shard manifest (else the preset's default_seq_len), vocab_size in the manifest / table meta / init_hf folder.
 """
@@ -20,9 +26,11 @@ import json
 import math
 from pathlib import Path
 
+from prealign_scale.alignment.table import ALIGN, AlignmentTable
 from prealign_scale.config import Config, ConfigError, check_values, choice_problem, parse_config
 from prealign_scale.data.shard_format import MANIFEST_NAME, Manifest, ManifestError
 from prealign_scale.model.presets import PRESETS, ModelPreset, get_preset
+from prealign_scale.text.tokenizer import tokenizer_sha256
 
 DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -60,6 +68,61 @@ def read_manifest(shard_dir: str) -> Manifest:
         return Manifest.read(shard_dir)
     except ManifestError as exc:
         raise _fail("data.shard_dir", str(exc)) from None
+
+
+def check_shard_files(cfg: Config, manifest: Manifest) -> None:
+    """Every shard the manifest lists is a file in data.shard_dir (ConfigError naming the first missing one),
+    and each has a sha256 to verify against when data.verify_sha256 is on."""
+    shard_dir = cfg.data.shard_dir
+    missing = [(i, rec["name"]) for i, rec in enumerate(manifest.shards) if not (Path(shard_dir) / rec["name"]).is_file()]
+    if cfg.data.verify_sha256:
+        unrecorded = [i for i, rec in enumerate(manifest.shards) if not rec.get("sha256")]
+        if unrecorded:
+            raise _fail("data.verify_sha256", f"true, but {Path(shard_dir) / MANIFEST_NAME} records no sha256 for "
+                        f"shards[{unrecorded[0]}]; rebuild the shards or set data.verify_sha256=false")
+    if missing:
+        i, name = missing[0]
+        more = f" ({len(missing) - 1} more listed shard(s) missing too)" if len(missing) > 1 else ""
+        raise _fail("data.shard_dir", f"{Path(shard_dir) / name}: listed in {MANIFEST_NAME} (shards[{i}]) but missing"
+                    f"{more}; copy the whole shard folder or rebuild it")
+
+
+def check_align_entries(cfg: Config, dp: int, seq_len: int) -> None:
+    """The table's align part holds one phase-1 step: entries_per_rank x dp entries whose words fit seq_len
+    tokens (the phase-1 loader's count, data/dict_loader.py), else ConfigError naming the keys."""
+    try:
+        table = AlignmentTable.load(cfg.data.table_dir)
+    except (OSError, ValueError) as exc:
+        raise _fail("data.table_dir", f"{cfg.data.table_dir}: {exc}") from None
+    part = table.part(ALIGN)
+    usable = sum(max(len(t) for t in e.tokens) <= seq_len for e in part)
+    need = cfg.align.entries_per_rank * dp
+    if usable < need:
+        left_out = f" ({len(part) - usable} have a word longer than seq_len={seq_len} tokens)" if usable < len(part) else ""
+        raise _fail("align.entries_per_rank", f"{cfg.align.entries_per_rank} x {dp} data-parallel ranks = {need} entries "
+                    f"a phase-1 step, but {cfg.data.table_dir} has {usable} usable align entries{left_out}; use a "
+                    "smaller align.entries_per_rank or a larger table")
+
+
+def check_tokenizers(cfg: Config, manifest: Manifest | None, table_meta: dict) -> None:
+    """The table and data.tokenizer_dir were made with the shards' tokenizer (the sha256 of tokenizer.json each
+    records); without shards, data.tokenizer_dir is checked against the table. ConfigError naming both files."""
+    recorded = []  # (config key, file, sha256): the first one is the reference
+    if manifest is not None and manifest.tokenizer_sha256:
+        recorded.append(("data.shard_dir", Path(cfg.data.shard_dir) / MANIFEST_NAME, manifest.tokenizer_sha256))
+    if table_meta.get("tokenizer_sha256"):
+        recorded.append(("data.table_dir", Path(cfg.data.table_dir) / "meta.json", table_meta["tokenizer_sha256"]))
+    tok = cfg.data.tokenizer_dir
+    if tok is not None and (Path(tok) / "tokenizer.json").is_file():
+        recorded.append(("data.tokenizer_dir", Path(tok) / "tokenizer.json", tokenizer_sha256(tok)))
+    if not recorded:
+        return
+    _, ref_file, ref_sha = recorded[0]
+    for key, file, sha in recorded[1:]:
+        if sha != ref_sha:
+            made = "is" if key == "data.tokenizer_dir" else "was made with"
+            raise _fail(key, f"{file} {made} another tokenizer (sha256 {sha[:12]}...) than the one {ref_file} records "
+                        f"(sha256 {ref_sha[:12]}...); use the files built with one tokenizer")
 
 
 def _resolve_accum(key_prefix: str, per_rank: int, accum: int | None, global_batch: int | None,
@@ -134,11 +197,12 @@ def resolve_config(cfg: Config, world_size: int = 1) -> Config:
             raise _fail("run.ds_config", f"{ds_path}: {k}={ds[k]!r}: batch sizes come from the align/lm sections "
                         "of the experiment config; remove the key or set it to \"auto\"")
     vocab_sources: dict[str, int] = {}
-    manifest = None
+    manifest, meta = None, {}
     if "lm" in cfg.phases():
         if cfg.data.shard_dir is None:
             raise _fail("data.shard_dir", "required for phase lm (lm.steps > 0)")
         manifest = read_manifest(cfg.data.shard_dir)
+        check_shard_files(cfg, manifest)
         vocab_sources[f"data.shard_dir ({MANIFEST_NAME})"] = manifest.vocab_size
         n_shards = len(manifest.shards)
         if n_shards % dp:
@@ -162,6 +226,7 @@ def resolve_config(cfg: Config, world_size: int = 1) -> Config:
         if tok is None or not (Path(tok) / "tokenizer.json").is_file():
             raise _fail("data.tokenizer_dir", f"{tok}: no tokenizer.json (needed by run.export_hf=true; "
                         "set data.tokenizer_dir or run.export_hf=false)")
+    check_tokenizers(cfg, manifest, meta)
 
     # Derived sizes.
     hf_vocab = _check_init_hf(cfg.model.init_hf, preset) if cfg.model.init_hf is not None else None
@@ -194,6 +259,8 @@ def resolve_config(cfg: Config, world_size: int = 1) -> Config:
         seq_len = manifest.seq_len
     elif seq_len is None:
         seq_len = preset.default_seq_len
+    if "align" in cfg.phases():
+        check_align_entries(cfg, dp, seq_len)
     align_accum = _resolve_accum("align", cfg.align.entries_per_rank, cfg.align.grad_accum,
                                  cfg.align.global_entries, dp, "align.entries_per_rank", "global_entries")
     lm_accum = _resolve_accum("lm", cfg.lm.micro_batch_size, cfg.lm.grad_accum,

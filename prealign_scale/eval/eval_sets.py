@@ -142,6 +142,8 @@ def write_eval_sets(out_dir: str | Path, train_corpus: str | Path, heldout_corpu
                     subjects: int = 200) -> dict:
     """Write every shipped set into `out_dir`; returns {file name: record count}."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder (the output folder of the evaluation sets)")
     train_docs, test_docs = read_corpus(train_corpus), read_corpus(heldout_corpus)
     train = genre_passages(train_docs, train_per_genre, seed)
     test = genre_passages(test_docs, test_per_genre, seed)
@@ -163,6 +165,8 @@ def write_eval_sets(out_dir: str | Path, train_corpus: str | Path, heldout_corpu
 def write_fact_corpus(facts_path: str | Path, templates_path: str | Path, out_path: str | Path, *, lang: str = "en",
                       repeats: int = 10, seed: int = 0, facts_per_doc: int = 1) -> int:
     """Render the facts into a JSONL corpus ``{"text"}`` (see `render_fact_documents`); returns the count."""
+    if Path(out_path).is_dir():
+        raise ValueError(f"{out_path}: is a folder, not a file (the fact corpus is one JSONL file)")
     facts: list[Fact] = read_facts(facts_path)
     docs = render_fact_documents(facts, read_templates(templates_path), lang, repeats, seed, facts_per_doc)
     _write_jsonl(Path(out_path), [{"text": d} for d in docs])

@@ -27,6 +27,8 @@ def train_bpe(
     """Train a byte-level BPE on `texts` and save it to `out_dir`; returns the PreTrainedTokenizerFast."""
     from transformers import PreTrainedTokenizerFast
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # before training, not after it
+        raise ValueError(f"{out_dir}: is a file, not a folder (the tokenizer is saved into a folder)")
     specials = dict(DEFAULT_SPECIALS if specials is None else specials)
     if len(set(specials.values())) != len(specials):
         raise ValueError(f"special tokens must be distinct, got {specials}")
