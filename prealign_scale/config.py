@@ -113,6 +113,7 @@ class RunSection:
     ckpt_every: int = 0  # 0: checkpoint only at each phase end (and on a pre-emption signal)
     keep_last: int = 2
     stop_after: int | None = None  # stop (checkpoint, exit 0) after this many steps in this process
+    max_bad_steps: int = 0  # steps with a non-finite loss / gradient norm skipped (update dropped) before the run stops
     export_hf: bool = True
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on rank 0
@@ -212,7 +213,8 @@ def check_values(cfg: Config) -> list[str]:
         "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after", "dist.timeout_minutes"))
     problems += _positive(cfg, (
         "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay", "data.num_workers",
-        "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every"), allow_zero=True)
+        "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every", "run.max_bad_steps"),
+        allow_zero=True)
     problems += _positive(cfg, ("run.probe_pairs",))
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):
         if not 0.0 <= _value(cfg, key) <= 1.0:

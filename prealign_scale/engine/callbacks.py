@@ -1,12 +1,13 @@
-"""The callbacks of a run (hooks: `callback.py`): throughput, metrics.jsonl, TensorBoard, the progress bar,
-pre-emption signals, the `run.stop_after` step budget, checkpoint cadence. The alignment probe is in
+"""The callbacks of a run (hooks: `callback.py`): the non-finite guard, throughput, metrics.jsonl, TensorBoard,
+the progress bar, pre-emption signals, the `run.stop_after` step budget, checkpoint cadence. The alignment probe is in
 `probe_callback.py`.
 
-Only rank 0 writes files and draws the bar (run.py registers those callbacks on rank 0 only); `Throughput`,
-`Preemption`, `StepBudget` and `Checkpointing` run on every rank (a signal may reach any of them, and all must
+Only rank 0 writes files and draws the bar (run.py registers those callbacks on rank 0 only); `NonFiniteGuard`,
+`Throughput`, `Preemption`, `StepBudget` and `Checkpointing` run on every rank (a signal may reach any of them, and all must
 stop at the same step, so the loop all-reduces the stop flag; a checkpoint is a collective save).
 
-Order within a step (the order run.py registers them): throughput is added to the record, the record is
+Order within a step (the order run.py registers them): a bad step (non-finite loss or gradient norm) is
+flagged in the record or stops the run (`NonFiniteGuard`), throughput is added to the record, the record is
 written (metrics.jsonl, TensorBoard: every `run.log_every` steps and at the phase end), the bar advances, the
 probe runs when due; then the stop flag is agreed and a checkpoint is saved when due (every
 `run.ckpt_every` steps, at the phase end, and when the run stops).
@@ -20,6 +21,7 @@ tokens since the phase started (all ranks); ``mfu`` is only reported on GPUs who
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -47,6 +49,58 @@ def peak_flops() -> float | None:
 def log_due(loop, every: int) -> bool:
     """A step's record is logged every `every` steps and at the phase end."""
     return loop.state.step % every == 0 or loop.state.step == loop.phase.total_steps
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps with a non-finite loss or gradient norm (the message is one line)."""
+
+
+class NonFiniteGuard(Callback):
+    """Stops the run on a step whose loss or global gradient norm is not finite, once more than `max_bad`
+    such steps were seen in the phase (in this process); the earlier ones are skipped and logged.
+
+    The update of such a step is already dropped by DeepSpeed's ZeRO optimizer: it computes the global
+    gradient norm before updating, treats a non-finite one as an overflow (gradients zeroed, no update,
+    ``engine.skipped_steps`` + 1), so the weights stay those of the last good step. The step still counts (data
+    position, learning-rate schedule), as in Megatron. A skipped step's record gets ``"bad_step": "<why>"``
+    and ``"bad_steps"`` (the count in the phase) and is always written to metrics.jsonl. Past the limit the
+    guard raises `NonFiniteError` in `post_step` on every rank (the loss and the norm are global values, so
+    every rank decides the same), before the step's checkpoint: the latest checkpoint stays the last good one,
+    run.py exits 1 with one line, without DONE and without the export.
+    """
+
+    def __init__(self, max_bad: int):
+        self.max_bad = max_bad
+        self.bad = 0
+        self.skipped_seen = 0
+
+    def on_phase_start(self, loop) -> None:
+        self.bad = 0
+        self.skipped_seen = getattr(loop.engine, "skipped_steps", 0)
+
+    def post_step(self, loop, record: dict) -> None:
+        why = []
+        loss = record.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            why.append(f"loss {loss}")
+        norm = loop.engine.get_global_grad_norm() if hasattr(loop.engine, "get_global_grad_norm") else None
+        if norm is not None and not math.isfinite(float(norm)):
+            why.append(f"gradient norm {float(norm)}")
+        skipped = getattr(loop.engine, "skipped_steps", 0)
+        if skipped > self.skipped_seen and not why:
+            why.append("the optimizer skipped the update (gradient overflow)")
+        self.skipped_seen = skipped
+        if not why:
+            return
+        self.bad += 1
+        where = f"phase {loop.phase.name} step {loop.state.step}"
+        if self.bad > self.max_bad:
+            raise NonFiniteError(f"non-finite training at {where}: {', '.join(why)} (bad step {self.bad}, "
+                                 f"run.max_bad_steps={self.max_bad})")
+        record.update(bad_step=", ".join(why), bad_steps=self.bad)
+        if dist.get_rank() == 0:
+            print(f"[prealign] WARNING: {where}: {', '.join(why)}; the update was skipped (bad step {self.bad} of "
+                  f"run.max_bad_steps={self.max_bad})", file=sys.stderr, flush=True)
 
 
 class Throughput(Callback):
@@ -86,7 +140,7 @@ class MetricsFile(Callback):
         self.path, self.every = path, every
 
     def post_step(self, loop, record: dict) -> None:
-        if log_due(loop, self.every):
+        if log_due(loop, self.every) or "bad_step" in record:  # a skipped bad step is always logged
             self.write(record)
 
     def truncate_after(self, phase: str, step: int) -> None:
@@ -195,8 +249,8 @@ class Preemption(Callback):
             signal.signal(s, h)
         self._previous = {}
 
-    def should_stop(self, loop) -> bool:
-        return self.received is not None
+    def should_stop(self, loop) -> str | None:
+        return f"{self.received} received" if self.received is not None else None
 
     def close(self) -> None:
         self.uninstall()
@@ -215,8 +269,8 @@ class StepBudget(Callback):
         self.remaining -= 1
         return self.remaining <= 0
 
-    def should_stop(self, loop) -> bool:
-        return self.spend()
+    def should_stop(self, loop) -> str | None:
+        return "run.stop_after reached" if self.spend() else None
 
 
 class Checkpointing(Callback):
