@@ -74,3 +74,40 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     assert f"(phase lm, step {last['step']})" in results[0][1]
     resumed = read_metrics(run_dir)
     assert resumed[-1]["step"] == last["step"] + 1 and resumed[-2] == last
+
+
+def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path):
+    """Issue 9 items 2 and 7, on one running job: a second job on the same run.out_dir exits 2 with one line and
+    writes nothing; then SIGTERM reaches rank 1 only, and rank 0 reports that (not `run.stop_after reached`)."""
+    data = build_tiny_data(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
+                              lm={"steps": 100000})
+    procs = start_slurm_tasks(config, free_port())
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert all(p.poll() is None for p in procs), finish(procs)
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    config_before = (run_dir / "config.yaml").read_text()
+    second = subprocess.run([sys.executable, "launchers/pretrain.py", "--config", str(config), "lm.steps=3"],
+                            check=False,
+                            cwd=ROOT, env=cpu_env(MASTER_PORT=free_port()), capture_output=True, text=True,
+                            timeout=300)
+    lines = [x for x in second.stderr.splitlines() if "is in use by another job" in x]
+    assert second.returncode == 2 and len(lines) == 1, second.stderr[-4000:]
+    assert lines[0].startswith(f"[prealign] run.out_dir {run_dir} is in use by another job ({run_dir / 'LOCK'}: ")
+    assert f"pid {procs[0].pid}," in lines[0]
+    assert (run_dir / "config.yaml").read_text() == config_before  # the second job wrote nothing
+
+    procs[1].send_signal(signal.SIGTERM)  # rank 1 only
+    results = finish(procs)
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-4000:] + results[1][1][-4000:]
+    recs = read_metrics(run_dir)
+    assert [r["step"] for r in recs] == list(range(1, len(recs) + 1))  # every step once: nothing duplicated
+    tag = f"lm-step{recs[-1]['step']:08d}"
+    assert (f"SIGTERM received by rank 1: checkpoint {run_dir / 'checkpoints' / tag} saved; exiting"
+            in results[0][1]), results[0][1][-4000:]
+    assert "run.stop_after reached" not in results[0][1]
+    assert not (run_dir / "LOCK").exists()  # released at the exit
