@@ -2,6 +2,8 @@
 
 The two ranks are started the way ``srun`` starts tasks (SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS, one
 node), which also exercises SLURM rank discovery, and each gets SIGTERM as a cluster pre-emption sends it.
+Then through the `deepspeed` launcher: SIGTERM to `launchers/supervise.py` (the front door) checkpoints before
+it exits; SIGTERM to the bare `deepspeed` command (which dies at once) is noticed by the ranks' watchdog.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
-from engine_common import ROOT, cpu_env, read_metrics, write_run_config
+from engine_common import ROOT, cpu_env, deepspeed_cmd, read_metrics, write_run_config
+from fault_common import rank_processes
 from tiny_data import build_tiny_data
 
 from prealign_scale.dist import free_port
@@ -111,3 +115,71 @@ def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path):
             in results[0][1]), results[0][1][-4000:]
     assert "run.stop_after reached" not in results[0][1]
     assert not (run_dir / "LOCK").exists()  # released at the exit
+
+
+def wait_lines(run_dir: Path, n: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + 300
+    while not ((run_dir / "metrics.jsonl").is_file() and len(read_metrics(run_dir)) >= n):
+        assert proc.poll() is None, log.read_text()[-6000:]
+        assert time.time() < deadline, "training did not reach the step"
+        time.sleep(0.2)
+
+
+def test_sigterm_to_the_launcher_checkpoints_before_it_exits(tmp_path):
+    """Issue 9 item 1. (a) `launchers/supervise.py deepspeed ...`: SIGTERM to the supervisor reaches both ranks,
+    the checkpoint of the signal step is complete before the supervisor exits 0. (b) the bare `deepspeed`
+    command: SIGTERM ends it at once (it has no handler); the ranks notice, checkpoint and exit 0, and the
+    run resumes from there."""
+    data = build_tiny_data(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False,
+                                                                        "tensorboard": False},
+                              lm={"steps": 100000})
+    log = tmp_path / "supervised.log"
+    with open(log, "w") as f:
+        sup = subprocess.Popen([sys.executable, "launchers/supervise.py", *deepspeed_cmd(free_port(), config)],
+                               cwd=ROOT, env=cpu_env(), stdout=f, stderr=subprocess.STDOUT)
+    try:
+        wait_lines(run_dir, 2, sup, log)
+        ranks = [p for p in psutil.Process(sup.pid).children(recursive=True)
+                 if any(a.endswith("launchers/pretrain.py") for a in p.cmdline())]
+        sup.send_signal(signal.SIGTERM)
+        rc = sup.wait(timeout=300)
+        t_exit = time.time()
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    out = log.read_text()
+    assert rc == 0, out[-6000:]
+    assert len(ranks) >= 2 and not any(p.is_running() for p in ranks), "a rank outlived the supervisor"
+    first = read_metrics(run_dir)
+    tag = f"lm-step{first[-1]['step']:08d}"
+    assert f"SIGTERM received: checkpoint {run_dir / 'checkpoints' / tag} saved; exiting" in out, out[-6000:]
+    assert (run_dir / "checkpoints/latest").read_text() == tag
+    assert (run_dir / "checkpoints" / tag / "COMPLETE").stat().st_mtime <= t_exit  # written before the exit
+    assert not (run_dir / "DONE").exists()
+
+    # (b) the bare deepspeed command, resuming: SIGTERM to it
+    log = tmp_path / "bare.log"
+    with open(log, "w") as f:
+        runner = subprocess.Popen(deepspeed_cmd(free_port(), config), cwd=ROOT, env=cpu_env(), stdout=f,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_lines(run_dir, len(first) + 2, runner, log)
+        ranks = rank_processes(runner)
+        assert sorted(ranks) == [0, 1], ranks
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=60) == -signal.SIGTERM  # deepspeed's runner: no handler, gone at once
+        _, alive = psutil.wait_procs(list(ranks.values()), timeout=300)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert not alive, "a rank kept training after its launcher was gone"  # (their status is launch.py's to see)
+    out = log.read_text()
+    recs = read_metrics(run_dir)
+    assert recs[: len(first)] == first and [r["step"] for r in recs] == list(range(1, len(recs) + 1))
+    tag = f"lm-step{recs[-1]['step']:08d}"
+    assert f"resuming from {run_dir / 'checkpoints'}/lm-step{first[-1]['step']:08d}" in out
+    assert (f"the deepspeed launcher (pid {runner.pid}) exited: checkpoint {run_dir / 'checkpoints' / tag} saved"
+            in out), out[-6000:]
+    assert (run_dir / "checkpoints/latest").read_text() == tag

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -223,34 +225,77 @@ class Progress(Callback):
             self.bar = None
 
 
+def deepspeed_runner_pid() -> int | None:
+    """The pid of the ``deepspeed`` command this rank runs under (the parent of its parent,
+    ``python -m deepspeed.launcher.launch``), or None under any other launcher (or off Linux)."""
+    parent = os.getppid()
+    try:
+        cmd = Path(f"/proc/{parent}/cmdline").read_bytes()
+        runner = _ppid_of(parent)
+    except (OSError, ValueError, IndexError):
+        return None
+    return runner if b"deepspeed.launcher.launch" in cmd and runner > 1 else None
+
+
+def _ppid_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4 of stat
+
+
 class Preemption(Callback):
     """SIGTERM / SIGUSR1 set a flag; the loop finishes the step, checkpoints and exits 0.
 
     The shard reader's DataLoader workers (``data.num_workers > 0``) ignore both signals
     (``shard_reader._ignore_preemption_signals``), so the main process checkpoints with its workers alive.
     On SLURM ask for SIGUSR1 (``#SBATCH --signal=USR1@180``): SIGTERM also comes with ``scancel``.
+
+    The launcher watchdog: the stock ``deepspeed`` command installs no signal handler on one node, so a
+    SIGTERM to it ends it at once and leaves ``deepspeed.launcher.launch`` and the ranks running unsupervised.
+    Under that launcher each rank polls (every `watch_every` s, a thread) whether its launch.py still has the
+    runner as its parent; once the runner is gone the rank stops as on a signal (reason ``the deepspeed
+    launcher (pid N) exited``): checkpoint, exit 0. `launchers/supervise.py` is the front door that instead
+    keeps the launcher alive until the checkpoint is written (docs/cluster.md).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, watch_every: float = 1.0):
         self.received: str | None = None
+        self.launcher_gone: str | None = None
+        self.watch_every = watch_every
         self._previous = {}
+        self._stop_watch = threading.Event()
 
     def install(self) -> None:
         for s in self.SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
+        runner = deepspeed_runner_pid()
+        if runner is not None:
+            threading.Thread(target=self._watch, args=(os.getppid(), runner), daemon=True,
+                             name="prealign-launcher-watch").start()
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+
+    def _watch(self, launch_pid: int, runner: int) -> None:
+        while not self._stop_watch.wait(self.watch_every):
+            try:
+                gone = _ppid_of(launch_pid) != runner
+            except (OSError, ValueError, IndexError):  # launch.py itself is gone
+                gone = True
+            if gone:
+                self.launcher_gone = f"the deepspeed launcher (pid {runner}) exited"
+                return
 
     def uninstall(self) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+        self._stop_watch.set()
 
     def should_stop(self, loop) -> str | None:
-        return f"{self.received} received" if self.received is not None else None
+        if self.received is not None:
+            return f"{self.received} received"
+        return self.launcher_gone
 
     def close(self) -> None:
         self.uninstall()
