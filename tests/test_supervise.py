@@ -68,13 +68,14 @@ def test_a_second_stop_signal_kills_at_once(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun")
-@pytest.mark.parametrize("supervise", [False, True])
-def test_mpirun(tmp_path, supervise):
+@pytest.mark.parametrize(("supervise", "sig"), [(False, signal.SIGTERM), (False, signal.SIGUSR1),
+                                                (True, signal.SIGTERM)])
+def test_mpirun(tmp_path, supervise, sig):
     rank = [sys.executable, RANK_SCRIPT, str(tmp_path)]
     proc = run_until_up(supervised(MPIRUN, tmp_path) if supervise else MPIRUN + rank, tmp_path)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    if supervise:
+    if supervise or sig == signal.SIGUSR1:  # mpirun forwards SIGUSR1 to its ranks and waits for them
         assert proc.returncode == 0 and len(saved(tmp_path)) == 2, out
-    else:  # mpirun alone: the ranks are killed before their checkpoint is written
+    else:  # mpirun alone on SIGTERM: the ranks are killed before their checkpoint is written
         assert proc.returncode != 0 and saved(tmp_path) == {}, out
