@@ -3,8 +3,10 @@ start training with ``deepspeed`` or ``mpirun`` on one machine; docs/cluster.md,
 
     python launchers/supervise.py deepspeed --num_gpus 2 launchers/pretrain.py --config configs/tiny.yaml
     python launchers/supervise.py mpirun -np 2 python launchers/pretrain.py --config configs/tiny.yaml
+    python launchers/supervise.py srun python launchers/pretrain.py --config configs/tiny.yaml
 
-SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 to this process reach every training rank (SIGTERM, or SIGUSR1); they
+SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 to this process reach every training rank (SIGTERM, or SIGUSR1; under
+srun, SIGUSR1 through srun, which would cancel the step on a SIGTERM of its own); they
 finish the step, write the checkpoint and exit 0, and only then does this process exit, with the launcher's
 status. A second SIGTERM / SIGINT kills the launcher and the ranks at once. Logic:
 prealign_scale/launch/supervise.py.

@@ -17,7 +17,10 @@ and exits, and then so do we, with its status.
 A rank is a descendant process of the launcher whose environment names a rank (``RANK``, set by deepspeed's
 launch.py and torchrun for their workers; ``OMPI_COMM_WORLD_RANK``, by mpirun), which the launcher
 processes themselves do not have. A rank that appears after the signal (the launcher was still starting)
-gets it when it appears. Exit status: the launcher's (128 + N when a signal N ended it).
+gets it when it appears. ``srun`` is the exception: its tasks run under slurmstepd, not below it, and a
+SIGTERM to srun cancels the step (the tasks are killed within seconds) while a single SIGINT only prints
+the tasks' state; srun forwards SIGUSR1 to every task and waits for them, so srun itself gets SIGUSR1 for a
+stop signal (tests/test_slurm.py). Exit status: the launcher's (128 + N when a signal N ended it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -66,8 +70,14 @@ def supervise(cmd: list[str], poll_s: float = 0.5) -> int:
         return 2
     child = subprocess.Popen(cmd, start_new_session=True)
     state = {"signal": None, "stops": 0, "sent": set()}
+    is_srun = Path(cmd[0]).name == "srun"
 
     def forward(sig: signal.Signals) -> None:
+        if is_srun:  # srun forwards SIGUSR1 to every task (its tasks are not our descendants)
+            if child.pid not in state["sent"]:
+                child.send_signal(signal.SIGUSR1)
+                state["sent"].add(child.pid)
+            return
         for p in rank_processes(child.pid):
             if p.pid not in state["sent"]:
                 try:
@@ -88,8 +98,8 @@ def supervise(cmd: list[str], poll_s: float = 0.5) -> int:
                 except ProcessLookupError:
                     pass
                 return
-        sent = signal.SIGUSR1 if received == signal.SIGUSR1 else signal.SIGTERM
-        log(f"{received.name} received: {sent.name} to every rank; waiting for their checkpoint "
+        sent = signal.SIGUSR1 if received == signal.SIGUSR1 or is_srun else signal.SIGTERM
+        log(f"{received.name} received: {sent.name} to every rank{' (through srun)' if is_srun else ''}; waiting for their checkpoint "
             f"(a second SIGTERM / SIGINT kills them)")
         state["signal"], state["sent"] = sent, set()
         forward(sent)

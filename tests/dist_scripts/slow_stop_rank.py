@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ["RANK"]
+rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("SLURM_PROCID") or os.environ["RANK"]
 got = []
 for s in (signal.SIGTERM, signal.SIGUSR1):
     signal.signal(s, lambda signum, frame: got.append(signal.Signals(signum).name))
