@@ -1,6 +1,7 @@
 """`run(cfg)`: phase 1 then phase 2 (or the one the config selects), resuming where the run folder stopped.
 
-The run folder's layout and its completion marker (``DONE``, written last on rank 0) belong to run_folder.py.
+The run folder's layout, its completion marker (``DONE``, written last on rank 0) and its lock (``LOCK``, taken by
+rank 0 before anything is written, released at the exit; a second job exits 2) belong to run_folder.py.
 
 Resume rules, from the checkpoint that `checkpoints/latest` names, once verified (a damaged one is replaced
 by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k):
