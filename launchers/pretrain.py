@@ -7,8 +7,9 @@
 
 Overrides are dotted keys (``lm.steps=20``, ``run.out_dir=runs/x``); ``--phase align|lm|all`` is short for
 ``run.phase=...``. The config is validated before any process group starts: a bad value prints one message
-naming the key (on rank 0) and exits with status 2. Re-running the same command resumes from the run
-folder's latest checkpoint. See docs/training.md.
+naming the key (on rank 0) and exits with status 2; so does a run folder another job holds (its ``LOCK``).
+Re-running the same command resumes from the run folder's latest checkpoint. See docs/training.md; to stop
+every rank with a checkpoint on a signal to the launcher, start it under launchers/supervise.py.
 """
 
 from __future__ import annotations

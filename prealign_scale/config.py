@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class RunSection:
     ckpt_every: int = 0  # 0: checkpoint only at each phase end (and on a pre-emption signal)
     keep_last: int = 2
     stop_after: int | None = None  # stop (checkpoint, exit 0) after this many steps in this process
+    max_bad_steps: int = 0  # steps with a non-finite loss / gradient norm skipped (update dropped) before the run stops
     export_hf: bool = True
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on rank 0
@@ -171,6 +173,17 @@ def _positive(cfg: Config, keys: tuple[str, ...], allow_zero: bool = False) -> l
     return problems
 
 
+def _finite(cfg: Config) -> list[str]:
+    """``key: must be a finite number`` for every float value that is inf or nan (``lm.lr=.inf`` parses)."""
+    problems = []
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            v = getattr(getattr(cfg, section.name), f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                problems.append(f"{section.name}.{f.name}: must be a finite number, got {v!r}")
+    return problems
+
+
 def choice_problem(key: str, value: str | None, choices: tuple[str, ...]) -> str | None:
     """``key: must be one of ...`` (with the close name) when `value` is not among `choices`, else None."""
     if value in choices:
@@ -186,7 +199,8 @@ def check_values(cfg: Config) -> list[str]:
     Needs no file and no model package: the presets, the tensor-parallel split and the data files are the
     resolution step's (engine/resolve_config.py). Returns one ``key: what is wrong`` line per problem.
     """
-    problems = [choice_problem(key, _value(cfg, key), choices) for key, choices in (
+    problems = _finite(cfg)  # inf / nan first: the range checks below cannot see them (nan < 0 is False)
+    problems += [choice_problem(key, _value(cfg, key), choices) for key, choices in (
         ("run.phase", PHASES), ("align.schedule", SCHEDULES), ("lm.schedule", SCHEDULES),
         ("align.loss_impl", ALIGN_LOSS_IMPLS), ("lm.lm_loss_impl", LM_LOSS_IMPLS),
         ("model.attention", ATTENTION_IMPLS))]
@@ -201,7 +215,8 @@ def check_values(cfg: Config) -> list[str]:
         "lm.global_batch_size", "lm.lr", "run.log_every", "run.keep_last", "run.stop_after", "dist.timeout_minutes"))
     problems += _positive(cfg, (
         "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay", "data.num_workers",
-        "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every"), allow_zero=True)
+        "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every", "run.max_bad_steps"),
+        allow_zero=True)
     problems += _positive(cfg, ("run.probe_pairs",))
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):
         if not 0.0 <= _value(cfg, key) <= 1.0:

@@ -137,6 +137,10 @@ def test_values_and_choices(tmp_path, data):
         "model.preset: must be one of")
     assert "(did you mean 'tiny'?)" in error_of(write_cfg(tmp_path, data), ["model.preset=tinyy"])
     assert error_of(write_cfg(tmp_path, data), ["lm.lr=0"]) == "lm.lr: must be > 0, got 0.0"
+    # inf and nan parse as floats and pass every range check (nan < 0 is False): refused by name
+    assert error_of(write_cfg(tmp_path, data), ["lm.lr=.inf"]) == "lm.lr: must be a finite number, got inf"
+    assert error_of(write_cfg(tmp_path, data), ["lm.lr=.nan"]) == "lm.lr: must be a finite number, got nan"
+    assert error_of(write_cfg(tmp_path, data), ["align.lr=-.inf"]) == "align.lr: must be a finite number, got -inf"
     assert error_of(write_cfg(tmp_path, data), ["align.warmup_frac=1.5"]) == \
         "align.warmup_frac: must be between 0 and 1, got 1.5"
     assert error_of(write_cfg(tmp_path, data), ["model.seq_len=128"]).startswith(

@@ -12,7 +12,7 @@ from prealign_scale import dist as pdist
 from prealign_scale.config import PHASES, Config
 from prealign_scale.engine.callback import Callback
 from prealign_scale.engine.callbacks import Checkpointing, MetricsFile, Preemption, StepBudget, Throughput
-from prealign_scale.engine.loop import LoopState, PhaseLoop
+from prealign_scale.engine.loop import LoopState, PhaseLoop, describe_stop
 from prealign_scale.engine.phases import PHASE_NAMES, PHASE_ORDER, phase_class, steps_before
 
 
@@ -141,8 +141,19 @@ def test_a_signal_stops_after_the_step_and_the_phase_end_checkpoints():
     assert [s[1] for s in ckpt.saved] == [3]  # ckpt_every 0: only at the phase end
     pre.received = "SIGUSR1"
     ckpt.saved = []
-    assert PhaseLoop(FakeEngine(), FakePhase(3), cfg, LoopState(), [pre, Checkpointing(ckpt, 0)]).run() == "stopped"
+    loop = PhaseLoop(FakeEngine(), FakePhase(3), cfg, LoopState(), [pre, Checkpointing(ckpt, 0)])
+    assert loop.run() == "stopped"
     assert [s[1] for s in ckpt.saved] == [1]
+    assert loop.stop_reasons == ["SIGUSR1 received"]  # gathered from every rank (world 1 here)
+
+
+def test_the_stop_reason_names_the_ranks_that_asked():
+    # issue 9 item 7: a SIGTERM that reached rank 1 only used to be reported as "run.stop_after reached"
+    assert describe_stop(["SIGTERM received", "SIGTERM received"]) == "SIGTERM received"
+    assert describe_stop([None, "SIGTERM received"]) == "SIGTERM received by rank 1"
+    assert describe_stop([None, "SIGUSR1 received", None, "SIGUSR1 received"]) == "SIGUSR1 received by ranks 1, 3"
+    assert describe_stop(["run.stop_after reached", "SIGTERM received"]) == (
+        "run.stop_after reached by rank 0; SIGTERM received by rank 1")
 
 
 def test_phase_registry_matches_the_phase_classes_and_config():

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -268,6 +269,37 @@ def test_failed_training_is_not_requeued(cluster, tmp_path):
     [row] = cluster.wait_ended(job, 120, [log])
     assert (row["JobState"], row["Restarts"], row["ExitCode"]) == ("FAILED", "0", "1:0")
     assert "training step failed (exit 1); not requeueing" in log.read_text()
+
+
+@pytest.mark.parametrize(("supervised", "sig"), [(False, signal.SIGUSR1), (False, signal.SIGTERM),
+                                                 (True, signal.SIGTERM)])
+def test_signals_to_srun(cluster, tmp_path, supervised, sig):
+    """Signals through the launcher (issue 9), under srun, with stand-in ranks that take 2 s to "checkpoint"
+    (tests/dist_scripts/slow_stop_rank.py): srun forwards SIGUSR1 to every task and waits for them; a SIGTERM
+    to srun cancels the step (the tasks are killed before they saved); `launchers/supervise.py srun ...`
+    turns a SIGTERM into that SIGUSR1, so the tasks save and the supervisor exits 0 after them."""
+    cmd = ["srun", "--ntasks=2", sys.executable, "tests/dist_scripts/slow_stop_rank.py", str(tmp_path)]
+    if supervised:
+        cmd = [sys.executable, "launchers/supervise.py", *cmd]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        cluster.wait("both tasks to start", lambda: len(list(tmp_path.glob("rank-*.up"))) == 2 or
+                     proc.poll() is not None, 120)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=90)
+        t_exit = time.time()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = {p.name: p.read_text() for p in sorted(tmp_path.glob("rank-*.saved"))}
+    if sig == signal.SIGTERM and not supervised:
+        assert saved == {} and "forcing job termination" in out, out  # srun alone: no checkpoint
+        return
+    assert saved == {"rank-0.saved": "SIGUSR1", "rank-1.saved": "SIGUSR1"}, out
+    assert all(p.stat().st_mtime <= t_exit for p in tmp_path.glob("rank-*.saved"))
+    assert proc.returncode == 0, out
 
 
 # --------------------------------------------------------------------------- the tiny pipeline, for real

@@ -11,8 +11,10 @@ Per phase, in this order:
       pre_step(loop, batches)     the micro-batches are fetched; next: learning rate, forward, backward, update
       post_step(loop, record)     after the update. `record` is the step's metrics line (global values); a
                                   callback may add keys, which the callbacks after it see
-      should_stop(loop) -> bool   this rank wants to stop after this step; the first True ends the question
-                                  (later callbacks are not asked), and the loop agrees across ranks (all-reduce)
+      should_stop(loop) -> reason this rank wants to stop after this step: a short reason (``SIGTERM
+                                  received``), else None; the first reason ends the question (later callbacks
+                                  are not asked), and the loop agrees across ranks (all-reduce, then every
+                                  rank's reason is gathered so rank 0 can name it)
       end_step(loop, stopping)    after that agreement: where a checkpoint is saved
     on_phase_end(loop)            always: after the last step, a stop, or an error
 close()                           once, when the run ends (run.py)
@@ -40,8 +42,8 @@ class Callback:
     def post_step(self, loop, record: dict) -> None:
         pass
 
-    def should_stop(self, loop) -> bool:
-        return False
+    def should_stop(self, loop) -> str | None:
+        return None
 
     def end_step(self, loop, stopping: bool) -> None:
         pass

@@ -1,12 +1,13 @@
-"""The callbacks of a run (hooks: `callback.py`): throughput, metrics.jsonl, TensorBoard, the progress bar,
-pre-emption signals, the `run.stop_after` step budget, checkpoint cadence. The alignment probe is in
+"""The callbacks of a run (hooks: `callback.py`): the non-finite guard, throughput, metrics.jsonl, TensorBoard,
+the progress bar, pre-emption signals, the `run.stop_after` step budget, checkpoint cadence. The alignment probe is in
 `probe_callback.py`.
 
-Only rank 0 writes files and draws the bar (run.py registers those callbacks on rank 0 only); `Throughput`,
-`Preemption`, `StepBudget` and `Checkpointing` run on every rank (a signal may reach any of them, and all must
+Only rank 0 writes files and draws the bar (run.py registers those callbacks on rank 0 only); `NonFiniteGuard`,
+`Throughput`, `Preemption`, `StepBudget` and `Checkpointing` run on every rank (a signal may reach any of them, and all must
 stop at the same step, so the loop all-reduces the stop flag; a checkpoint is a collective save).
 
-Order within a step (the order run.py registers them): throughput is added to the record, the record is
+Order within a step (the order run.py registers them): a bad step (non-finite loss or gradient norm) is
+flagged in the record or stops the run (`NonFiniteGuard`), throughput is added to the record, the record is
 written (metrics.jsonl, TensorBoard: every `run.log_every` steps and at the phase end), the bar advances, the
 probe runs when due; then the stop flag is agreed and a checkpoint is saved when due (every
 `run.ckpt_every` steps, at the phase end, and when the run stops).
@@ -20,8 +21,11 @@ tokens since the phase started (all ranks); ``mfu`` is only reported on GPUs who
 from __future__ import annotations
 
 import json
+import math
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +51,58 @@ def peak_flops() -> float | None:
 def log_due(loop, every: int) -> bool:
     """A step's record is logged every `every` steps and at the phase end."""
     return loop.state.step % every == 0 or loop.state.step == loop.phase.total_steps
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps with a non-finite loss or gradient norm (the message is one line)."""
+
+
+class NonFiniteGuard(Callback):
+    """Stops the run on a step whose loss or global gradient norm is not finite, once more than `max_bad`
+    such steps were seen in the phase (in this process); the earlier ones are skipped and logged.
+
+    The update of such a step is already dropped by DeepSpeed's ZeRO optimizer: it computes the global
+    gradient norm before updating, treats a non-finite one as an overflow (gradients zeroed, no update,
+    ``engine.skipped_steps`` + 1), so the weights stay those of the last good step. The step still counts (data
+    position, learning-rate schedule), as in Megatron. A skipped step's record gets ``"bad_step": "<why>"``
+    and ``"bad_steps"`` (the count in the phase) and is always written to metrics.jsonl. Past the limit the
+    guard raises `NonFiniteError` in `post_step` on every rank (the loss and the norm are global values, so
+    every rank decides the same), before the step's checkpoint: the latest checkpoint stays the last good one,
+    run.py exits 1 with one line, without DONE and without the export.
+    """
+
+    def __init__(self, max_bad: int):
+        self.max_bad = max_bad
+        self.bad = 0
+        self.skipped_seen = 0
+
+    def on_phase_start(self, loop) -> None:
+        self.bad = 0
+        self.skipped_seen = getattr(loop.engine, "skipped_steps", 0)
+
+    def post_step(self, loop, record: dict) -> None:
+        why = []
+        loss = record.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            why.append(f"loss {loss}")
+        norm = loop.engine.get_global_grad_norm() if hasattr(loop.engine, "get_global_grad_norm") else None
+        if norm is not None and not math.isfinite(float(norm)):
+            why.append(f"gradient norm {float(norm)}")
+        skipped = getattr(loop.engine, "skipped_steps", 0)
+        if skipped > self.skipped_seen and not why:
+            why.append("the optimizer skipped the update (gradient overflow)")
+        self.skipped_seen = skipped
+        if not why:
+            return
+        self.bad += 1
+        where = f"phase {loop.phase.name} step {loop.state.step}"
+        if self.bad > self.max_bad:
+            raise NonFiniteError(f"non-finite training at {where}: {', '.join(why)} (bad step {self.bad}, "
+                                 f"run.max_bad_steps={self.max_bad})")
+        record.update(bad_step=", ".join(why), bad_steps=self.bad)
+        if dist.get_rank() == 0:
+            print(f"[prealign] WARNING: {where}: {', '.join(why)}; the update was skipped (bad step {self.bad} of "
+                  f"run.max_bad_steps={self.max_bad})", file=sys.stderr, flush=True)
 
 
 class Throughput(Callback):
@@ -86,7 +142,7 @@ class MetricsFile(Callback):
         self.path, self.every = path, every
 
     def post_step(self, loop, record: dict) -> None:
-        if log_due(loop, self.every):
+        if log_due(loop, self.every) or "bad_step" in record:  # a skipped bad step is always logged
             self.write(record)
 
     def truncate_after(self, phase: str, step: int) -> None:
@@ -169,34 +225,77 @@ class Progress(Callback):
             self.bar = None
 
 
+def deepspeed_runner_pid() -> int | None:
+    """The pid of the ``deepspeed`` command this rank runs under (the parent of its parent,
+    ``python -m deepspeed.launcher.launch``), or None under any other launcher (or off Linux)."""
+    parent = os.getppid()
+    try:
+        cmd = Path(f"/proc/{parent}/cmdline").read_bytes()
+        runner = _ppid_of(parent)
+    except (OSError, ValueError, IndexError):
+        return None
+    return runner if b"deepspeed.launcher.launch" in cmd and runner > 1 else None
+
+
+def _ppid_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4 of stat
+
+
 class Preemption(Callback):
     """SIGTERM / SIGUSR1 set a flag; the loop finishes the step, checkpoints and exits 0.
 
     The shard reader's DataLoader workers (``data.num_workers > 0``) ignore both signals
     (``shard_reader._ignore_preemption_signals``), so the main process checkpoints with its workers alive.
     On SLURM ask for SIGUSR1 (``#SBATCH --signal=USR1@180``): SIGTERM also comes with ``scancel``.
+
+    The launcher watchdog: the stock ``deepspeed`` command installs no signal handler on one node, so a
+    SIGTERM to it ends it at once and leaves ``deepspeed.launcher.launch`` and the ranks running unsupervised.
+    Under that launcher each rank polls (every `watch_every` s, a thread) whether its launch.py still has the
+    runner as its parent; once the runner is gone the rank stops as on a signal (reason ``the deepspeed
+    launcher (pid N) exited``): checkpoint, exit 0. `launchers/supervise.py` is the front door that instead
+    keeps the launcher alive until the checkpoint is written (docs/cluster.md).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, watch_every: float = 1.0):
         self.received: str | None = None
+        self.launcher_gone: str | None = None
+        self.watch_every = watch_every
         self._previous = {}
+        self._stop_watch = threading.Event()
 
     def install(self) -> None:
         for s in self.SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
+        runner = deepspeed_runner_pid()
+        if runner is not None:
+            threading.Thread(target=self._watch, args=(os.getppid(), runner), daemon=True,
+                             name="prealign-launcher-watch").start()
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+
+    def _watch(self, launch_pid: int, runner: int) -> None:
+        while not self._stop_watch.wait(self.watch_every):
+            try:
+                gone = _ppid_of(launch_pid) != runner
+            except (OSError, ValueError, IndexError):  # launch.py itself is gone
+                gone = True
+            if gone:
+                self.launcher_gone = f"the deepspeed launcher (pid {runner}) exited"
+                return
 
     def uninstall(self) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+        self._stop_watch.set()
 
-    def should_stop(self, loop) -> bool:
-        return self.received is not None
+    def should_stop(self, loop) -> str | None:
+        if self.received is not None:
+            return f"{self.received} received"
+        return self.launcher_gone
 
     def close(self) -> None:
         self.uninstall()
@@ -215,8 +314,8 @@ class StepBudget(Callback):
         self.remaining -= 1
         return self.remaining <= 0
 
-    def should_stop(self, loop) -> bool:
-        return self.spend()
+    def should_stop(self, loop) -> str | None:
+        return "run.stop_after reached" if self.spend() else None
 
 
 class Checkpointing(Callback):

@@ -7,7 +7,8 @@ One optimizer step: fetch every micro-batch of the step first (so the token coun
 known before the first backward), set the learning rate for this step (from the phase's config section),
 then forward/backward each micro-batch; DeepSpeed's ``engine.step()`` applies the update on the last one.
 After the step: the callbacks see the step's record (metrics, probe), then the stop flag (pre-emption signal
-or the per-process step budget) is agreed across ranks with an all-reduce, then a checkpoint if one is due.
+or the per-process step budget) is agreed across ranks with an all-reduce (when a rank stops, every rank's
+reason is gathered: `stop_reasons`, `describe_stop`), then a checkpoint if one is due.
 """
 
 from __future__ import annotations
@@ -31,12 +32,36 @@ class LoopState:
     tokens: int = 0  # input tokens seen in this phase, all ranks
 
 
-def _agree_stop(flag: bool) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0])
+def _agree_stop(reason: str | None) -> list[str | None] | None:
+    """None when no rank wants to stop; else every rank's reason, by rank (None: that rank did not ask).
+
+    One all-reduce per step; the reasons are gathered only when some rank stops, so rank 0 can report the
+    real cause (e.g. a signal that reached rank 3 only)."""
+    t = torch.tensor([0.0 if reason is None else 1.0])
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    if t.item() == 0:
+        return None
+    reasons: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(reasons, reason)
+    return reasons
+
+
+def describe_stop(reasons: list[str | None]) -> str:
+    """``SIGTERM received`` when every rank gives that reason, else ``SIGTERM received by rank 1`` (each
+    reason with its ranks, in rank order, joined by ``; ``)."""
+    ranks: dict[str, list[int]] = {}
+    for r, why in enumerate(reasons):
+        if why is not None:
+            ranks.setdefault(why, []).append(r)
+    parts = []
+    for why, rs in ranks.items():
+        if len(rs) == len(reasons):
+            parts.append(why)
+        else:
+            parts.append(f"{why} by rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}")
+    return "; ".join(parts)
 
 
 class PhaseLoop:
@@ -46,6 +71,7 @@ class PhaseLoop:
         self.engine, self.phase, self.cfg, self.state = engine, phase, cfg, state
         self.callbacks = callbacks
         self.step_tokens = 0  # input tokens of the latest step, all ranks
+        self.stop_reasons: list[str | None] | None = None  # every rank's reason, once the ranks agreed to stop
 
     def _hook(self, name: str, *args) -> None:
         for cb in self.callbacks:
@@ -79,7 +105,9 @@ class PhaseLoop:
 
                 record = {"phase": phase.name, "step": state.step, "tokens": state.tokens, **values, "lr": lr}
                 self._hook("post_step", record)  # throughput, metrics, progress, probe
-                stopping = _agree_stop(any(cb.should_stop(self) for cb in self.callbacks))
+                reason = next((r for cb in self.callbacks if (r := cb.should_stop(self))), None)
+                self.stop_reasons = _agree_stop(reason)
+                stopping = self.stop_reasons is not None
                 self._hook("end_step", stopping)  # the checkpoint
                 if stopping:
                     return "stopped"

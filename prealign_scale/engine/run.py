@@ -1,6 +1,7 @@
 """`run(cfg)`: phase 1 then phase 2 (or the one the config selects), resuming where the run folder stopped.
 
-The run folder's layout and its completion marker (``DONE``, written last on rank 0) belong to run_folder.py.
+The run folder's layout, its completion marker (``DONE``, written last on rank 0) and its lock (``LOCK``, taken by
+rank 0 before anything is written, released at the exit; a second job exits 2) belong to run_folder.py.
 
 Resume rules, from the checkpoint that `checkpoints/latest` names, once verified (a damaged one is replaced
 by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k):
@@ -30,6 +31,8 @@ from prealign_scale.engine.callback import Callback
 from prealign_scale.engine.callbacks import (
     Checkpointing,
     MetricsFile,
+    NonFiniteError,
+    NonFiniteGuard,
     Preemption,
     Progress,
     StepBudget,
@@ -37,11 +40,11 @@ from prealign_scale.engine.callbacks import (
     Throughput,
 )
 from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager, CheckpointWriteError
-from prealign_scale.engine.loop import LoopState, PhaseLoop
+from prealign_scale.engine.loop import LoopState, PhaseLoop, describe_stop
 from prealign_scale.engine.phases import PHASE_ORDER, phase_class
 from prealign_scale.engine.probe_callback import make_probe
 from prealign_scale.engine.resolve_config import tp_size
-from prealign_scale.engine.run_folder import mark_finished
+from prealign_scale.engine.run_folder import RunFolderBusy, acquire_lock, mark_finished, release_lock
 
 
 def log0(msg: str) -> None:
@@ -97,11 +100,11 @@ def _build_phase(cfg: Config, name: str, engine):
 
 def make_callbacks(cfg: Config, ckpt: CheckpointManager, metrics: MetricsFile | None, flops_per_token,
                    preemption: Preemption) -> list[Callback]:
-    """The run's callbacks, in the order the loop calls them: throughput, then rank 0's metrics.jsonl,
+    """The run's callbacks, in the order the loop calls them: the non-finite guard, throughput, then rank 0's metrics.jsonl,
     TensorBoard and progress bar, the alignment probe, then the stop conditions (signal, step budget), then the
     checkpoint cadence. `metrics` is None on ranks other than 0."""
     rank0 = metrics is not None
-    callbacks: list[Callback] = [Throughput(flops_per_token)]
+    callbacks: list[Callback] = [NonFiniteGuard(cfg.run.max_bad_steps), Throughput(flops_per_token)]
     if rank0:
         callbacks += [metrics, TensorBoard(Path(cfg.run.out_dir) / "tensorboard", cfg.run.tensorboard,
                                            cfg.run.log_every)]
@@ -135,9 +138,35 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
     """Train the configured phases in `cfg.run.out_dir` (resuming), export at the end.
 
     Returns 0, or 1 when a checkpoint could not be written (every rank returns 1; rank 0 prints why, and the
-    previous checkpoint stays the resume point). Other failures raise, after one line per failing rank.
+    previous checkpoint stays the resume point), or 2 when another job holds the run folder's lock (nothing
+    is written). Other failures raise, after one line per failing rank.
     """
     start_distributed(cfg, env)
+    out = Path(cfg.run.out_dir)
+    # The run folder's lock (run_folder.py), before anything is written; rank 0 takes it, every rank learns
+    # the answer, so a refused job exits on all ranks at once with one line.
+    answer = [None]
+    if dist.get_rank() == 0:
+        try:
+            answer = [("ok", acquire_lock(out))]
+        except RunFolderBusy as exc:
+            answer = [("busy", str(exc))]
+    dist.broadcast_object_list(answer, src=0)
+    status, text = answer[0]
+    if status == "busy":
+        log0(text)
+        return 2
+    if text:
+        log0(text)  # a stale lock taken over
+    try:
+        return _train(cfg)
+    finally:
+        if dist.get_rank() == 0:
+            release_lock(out)
+
+
+def _train(cfg: Config) -> int:
+    """`run` once the process groups are up and the run folder is locked."""
     from prealign_scale.engine.deepspeed_setup import build_engine, model_vocab_size, reset_optimizer
     from prealign_scale.engine.export import export_run
     from prealign_scale.model.presets import get_preset
@@ -188,11 +217,12 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                 ckpt.load(engine, info, restore_training_state=False)
                 reset_optimizer(engine, phase.section(cfg).weight_decay)
                 log0(f"phase {name}: starting from the weights of {info.tag} with a fresh optimizer")
-            result = PhaseLoop(engine, phase, cfg, state, callbacks).run()
+            loop = PhaseLoop(engine, phase, cfg, state, callbacks)
+            result = loop.run()
             phase.close()
             latest = ckpt.latest()
             if result == "stopped":
-                why = f"{preemption.received} received" if preemption.received else "run.stop_after reached"
+                why = describe_stop(loop.stop_reasons)  # agreed by every rank: the rank that got a signal
                 log0(f"{why}: checkpoint {ckpt.root / latest.tag} saved; exiting. Run the same command to resume.")
                 return 0
             if name != phases[-1]:
@@ -211,6 +241,12 @@ def run(cfg: Config, env: pdist.DistEnv | None = None) -> int:
                                 "hf": cfg.run.export_hf})
         log0(f"run finished: {out}")
         return 0
+    except NonFiniteError as exc:  # every rank raises it at the same step; the latest checkpoint is the last good
+        tag = ckpt.pointer()
+        log0(f"{exc}; stopping without a checkpoint of this step, DONE or export. "
+             + (f"The last good checkpoint is {tag}" if tag else "No checkpoint was written yet"))
+        dist.barrier()
+        return 1
     except CheckpointWriteError as exc:  # agreed by every rank; the previous checkpoint is intact
         log0(str(exc))
         dist.barrier()  # rank 0 has printed before any rank exits (launchers kill the others on the first exit)
