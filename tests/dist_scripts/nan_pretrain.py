@@ -6,12 +6,8 @@ gradients, and the global gradient norm of every rank, are NaN at those steps (t
 from __future__ import annotations
 
 import os
-import sys
+import runpy
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "launchers"))
 
 from prealign_scale.engine.lm_phase import LMPhase
 
@@ -32,7 +28,5 @@ def nan_micro_loss(self, batch, ctx):
 
 LMPhase.micro_loss = nan_micro_loss
 
-if __name__ == "__main__":
-    import pretrain
-
-    sys.exit(pretrain.main())
+if __name__ == "__main__":  # the real front door, run as a script (it finds the package itself)
+    runpy.run_path(str(Path(__file__).resolve().parents[2] / "launchers" / "pretrain.py"), run_name="__main__")
