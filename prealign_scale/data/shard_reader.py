@@ -342,8 +342,10 @@ class _PendingReader:
         it, nxt, errors = self.open.get(shard, (None, 0, None))
         if it is None or index < nxt:
             errors = _ErrorLog()
+            # the one shard, whole (the splitters only keep WebDataset from splitting it over ranks/workers)
             it = iter(wds.WebDataset([self.stream.urls[shard]], handler=errors, shardshuffle=False,
-                                     empty_check=False, seed=0))
+                                     nodesplitter=_Slice(0, 1), workersplitter=_Slice(0, 1), empty_check=False,
+                                     seed=0))
             nxt = 0
         item = None
         while nxt <= index:
