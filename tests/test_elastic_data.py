@@ -109,3 +109,21 @@ def test_dictionary_position_carries_over_with_the_same_global_step(shards):
     odd = make(1, 5)
     with pytest.raises(ValueError, match="whole number of global steps"):
         odd.load_remapped_state(two[0].state_dict())
+
+
+def test_failure_line_hint(tmp_path):
+    """After a failure the hint "Run the same command to resume" is right on any rank count (a checkpoint of
+    another rank count is continued); a refused elastic resume says instead on how many ranks to resume."""
+    from prealign_scale.config import Config
+    from prealign_scale.engine.checkpoint import CheckpointManager
+    from prealign_scale.engine.elastic import ElasticResumeError
+    from prealign_scale.engine.run import failure_line
+
+    ckpt = CheckpointManager(tmp_path, keep_last=2)
+    ckpt.root.mkdir()
+    (ckpt.root / "latest").write_text("lm-step00000002")
+    line = failure_line(RuntimeError("boom"), Config(), ckpt)
+    assert line.endswith("Run the same command to resume from lm-step00000002")
+    refused = ElasticResumeError("x was written by 2 data-parallel ranks, this run has 4: ...; resume it on 2 ranks")
+    line = failure_line(refused, Config(), ckpt)
+    assert "Run the same command" not in line and line.endswith("resume it on 2 ranks")
