@@ -10,6 +10,11 @@ Each word is one row: its mid-sentence tokens (no BOS), right-padded with ``pad_
 this rank's batch, position ids 0.. for every word (independent of the batch), and next-token targets inside
 the word (the LM loss of phase 1). Entries have 2 words (pairs) or more (multi-entries), so the number of
 rows differs between ranks and steps: the engine pads word vectors before its all_gather.
+
+A change of data-parallel size (elastic resume, :meth:`DictionaryLoader.load_remapped_state`): the position is
+a count of global entries (``step * G``) in the epoch's permutation, so it carries over to any ``G'`` that
+divides it; with the same ``G`` (``entries_per_rank`` scaled inversely to the rank count) every later step
+takes exactly the entries of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -141,6 +146,24 @@ class DictionaryLoader:
                 f"DictionaryLoader state: step={state['step']} outside [0, {self.steps_per_epoch})"
             )
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+    def load_remapped_state(self, state: dict) -> None:
+        """Continue from the state of a run with another data-parallel size or ``entries_per_rank`` (module
+        docstring); refuses when the entries consumed in the epoch are not a whole number of new global steps."""
+        mine, theirs = self._fingerprint(), state.get("config", {})
+        diff = {k: (theirs.get(k), mine[k]) for k in ("seed", "entries", "split") if theirs.get(k) != mine[k]}
+        if diff:
+            raise ValueError(f"DictionaryLoader state cannot be remapped to another rank count: it was saved with "
+                             f"another data configuration: {{key: (saved, now)}} {diff}")
+        consumed = int(state["step"]) * int(theirs["entries_per_rank"]) * int(theirs["dp_world_size"])
+        if consumed % self.global_entries:
+            raise ValueError(f"DictionaryLoader state: {consumed} entries of epoch {state['epoch']} were read, not a "
+                             f"whole number of global steps of {self.global_entries} entries (entries_per_rank="
+                             f"{self.entries_per_rank} x dp_world_size={self.dp_world_size}); keep "
+                             "entries_per_rank x dp_world_size as it was")
+        self.epoch, self.step = int(state["epoch"]), consumed // self.global_entries
+        if self.step >= self.steps_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
 
     def __iter__(self) -> Iterator[dict]:
         perm_epoch, perm = None, None

@@ -18,6 +18,17 @@ has delivered ``#{i < c : i % n == w}`` batches; it skips whole shards without o
 the rest of the samples it skips inside a shard. The resumed DataLoader's worker ``p`` plays reader
 ``(p + c) % n``, so its round-robin continues with reader ``c % n`` exactly as the old one would have.
 
+A change of data-parallel size (elastic resume, :meth:`ShardLoader.load_remapped_state`): the samples of the
+epoch that the ranks of the old layout had not yet read are listed in the order the old run would have
+consumed them (batch ``i`` of rank 0, of rank 1, ..., then batch ``i + 1``; a rank's batch ``i`` is batch
+``i // n`` of its reader ``i % n``), and dealt micro-batch by micro-batch to the new ranks (micro-batch ``j``
+to new rank ``j % M``). Each new rank reads its share first (the state's ``pending`` list of
+``[shard index, sample index]`` micro-batches), then continues with the next epoch in its own layout. When the
+count is not a multiple of ``M``, the last ranks get one all-padding micro-batch (no loss tokens). So every
+sample of the interrupted epoch is read exactly once over the old and the new ranks; with the same global
+batch (``M * grad_accum`` micro-batches a step), every step of the rest of the epoch even holds the same
+samples as in the uninterrupted run.
+
 Corrupt data: a shard that cannot be read completely (truncated, bad member) raises
 :class:`ShardCorruptError` naming the shard and the sample key. With ``skip_corrupt=True`` each unreadable
 sample becomes a *padding row* instead (``input_ids`` = EOS, ``targets`` all ``-100``, ``segments`` 0), so
@@ -360,6 +371,74 @@ class _ShardStream(IterableDataset):
         return batch
 
 
+class _PendingReader:
+    """Reads explicit ``[shard index, sample index]`` micro-batches (the ``pending`` part of an elastic state)
+    in the main process: one open WebDataset iterator per shard, advanced (or reopened) to each sample."""
+
+    def __init__(self, stream: _ShardStream):
+        self.stream = stream
+        self.open: dict[int, tuple[Iterator[dict], int, _ErrorLog]] = {}  # shard -> (iterator, next index, log)
+
+    def _sample(self, shard: int, index: int) -> Any:
+        it, nxt, errors = self.open.get(shard, (None, 0, None))
+        if it is None or index < nxt:
+            errors = _ErrorLog()
+            # the one shard, whole (the splitters only keep WebDataset from splitting it over ranks/workers)
+            it = iter(wds.WebDataset([self.stream.urls[shard]], handler=errors, shardshuffle=False,
+                                     nodesplitter=_Slice(0, 1), workersplitter=_Slice(0, 1), empty_check=False,
+                                     seed=0))
+            nxt = 0
+        item = None
+        while nxt <= index:
+            item = next(it, None)
+            nxt += 1
+            if item is None:
+                break
+        self.open[shard] = (it, nxt, errors)
+        if item is not None:
+            return item
+        url = self.stream.urls[shard]
+        msg = (f"{url}: sample {index} of {self.stream.samples_per_shard} could not be read; the shard is "
+               f"truncated or corrupt{errors.about(url)}")
+        if not self.stream.skip_corrupt:
+            raise ShardCorruptError(f"{msg}. Rebuild the shard, or pass skip_corrupt=True to skip it.")
+        log.warning("%s: skipping it", msg)
+        return _Missing
+
+    def batch(self, refs: list[list[int]]) -> dict:
+        """One micro-batch: the listed samples; an empty list is an all-padding micro-batch (not "skipped")."""
+        if not refs:
+            out = self.stream._collate([None] * self.stream.b)
+            out["skipped"] = 0
+            return out
+        return self.stream._collate([self.stream._prepare(self._sample(i, j)) for i, j in refs])
+
+
+def remaining_epoch_batches(states: list[dict], manifest: Manifest) -> list[list[list[int]]]:
+    """The micro-batches of the current epoch the ranks of `states` (one state per old rank, in rank order)
+    have not read, as ``[shard index, sample index]`` lists, in the order the old run would have read them
+    (module docstring). Their pending micro-batches come first; padding micro-batches are dropped."""
+    cfg = states[0]["config"]
+    world, n, b = int(cfg["dp_world_size"]), int(cfg["readers"]), int(cfg["micro_batch_size"])
+    if len(states) != world:
+        raise ValueError(f"ShardLoader states: {len(states)} given, the layout has dp_world_size={world}")
+    pending = [s.get("pending", []) for s in states]
+    out = [pending[r][p] for p in range(max(map(len, pending))) for r in range(world) if p < len(pending[r])]
+    out = [mb for mb in out if mb]
+    epoch, done = int(states[0]["epoch"]), int(states[0]["batches"])
+    if done == 0:
+        return out  # at an epoch boundary (after any pending micro-batches): nothing else of this epoch
+    n_shards, per_shard = len(manifest.shards), int(manifest.shards[0]["samples"])
+    order = epoch_shard_order(n_shards, int(cfg["seed"]), epoch, bool(cfg["shuffle_shards"]))
+    batches_per_reader = (n_shards // (world * n)) * per_shard // b
+    for i in range(done, n * batches_per_reader):
+        for r in range(world):
+            shards = order[r::world][i % n :: n]  # reader (r, i % n)'s shards; its batch i // n
+            first = (i // n) * b
+            out.append([[shards[s // per_shard], s % per_shard] for s in range(first, first + b)])
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the loader
 
 
@@ -388,7 +467,8 @@ class ShardLoader:
     reader gets at least one full batch per epoch; the incomplete last batch of each reader and epoch is
     dropped (see the module docstring). ``state_dict()`` is the same on every rank except
     ``skipped_samples`` (informational); ``load_state_dict`` refuses a state of a different configuration.
-    ``iter(loader)`` always starts at the current position (a fresh DataLoader each time).
+    ``iter(loader)`` always starts at the current position (a fresh DataLoader each time). A state saved by
+    another data-parallel size: :meth:`load_remapped_state`.
     """
 
     def __init__(
@@ -444,6 +524,7 @@ class ShardLoader:
                 f"samples per epoch, fewer than micro_batch_size={micro_batch_size}"
             )
         self.epoch, self.batches, self.skipped_samples = 0, 0, 0
+        self.pending: list[list[list[int]]] = []  # micro-batches to read before (epoch, batches): elastic resume
 
     @property
     def languages(self) -> list[str]:
@@ -471,6 +552,7 @@ class ShardLoader:
             "epoch": self.epoch,
             "batches": self.batches,
             "skipped_samples": self.skipped_samples,
+            "pending": [list(map(list, mb)) for mb in self.pending],
             "config": self._fingerprint(),
         }
 
@@ -488,9 +570,38 @@ class ShardLoader:
             )
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
         self.skipped_samples = int(state.get("skipped_samples", 0))
+        self.pending = [list(map(list, mb)) for mb in state.get("pending", [])]
+
+    def load_remapped_state(self, states: list[dict]) -> None:
+        """Continue from the states of a run with another data-parallel size (one state per old rank, in rank
+        order): this rank reads its share of the rest of the old epoch, then the next epochs in its own layout
+        (module docstring). The data (shards, seed, shuffling) and micro_batch_size must be the same."""
+        mine, theirs = self._fingerprint(), states[0].get("config", {})
+        keep = ("seed", "micro_batch_size", "shards", "samples_per_shard", "shuffle_shards")
+        diff = {k: (theirs.get(k), mine[k]) for k in keep if theirs.get(k) != mine[k]}
+        if diff:
+            raise ValueError(f"ShardLoader state cannot be remapped to another rank count: it was saved with "
+                             f"another data configuration: {{key: (saved, now)}} {diff}")
+        rest = remaining_epoch_batches(states, self.manifest)
+        per_rank = -(-len(rest) // self.dp_world_size)
+        share = rest[self.dp_rank :: self.dp_world_size]
+        self.pending = share + [[]] * (per_rank - len(share))  # padding micro-batches keep the ranks in step
+        self.epoch = int(states[0]["epoch"]) + (1 if int(states[0]["batches"]) > 0 else 0)
+        self.batches = 0
+        self.skipped_samples = sum(int(s.get("skipped_samples", 0)) for s in states) if self.dp_rank == 0 else 0
 
     def __iter__(self) -> Iterator[dict]:
-        stream = _ShardStream(
+        if self.pending:
+            reader = _PendingReader(self._stream())
+            while self.pending:
+                batch = reader.batch(self.pending[0])
+                self.pending = self.pending[1:]
+                self.skipped_samples += batch["skipped"]
+                yield batch
+        yield from self._iter_layout()
+
+    def _stream(self) -> _ShardStream:
+        return _ShardStream(
             self.shard_dir,
             self.manifest,
             self.micro_batch_size,
@@ -504,6 +615,10 @@ class ShardLoader:
             self.batches,
             self.verify_sha256,
         )
+
+    def _iter_layout(self) -> Iterator[dict]:
+        """This rank's batches in its own layout, from (epoch, batches)."""
+        stream = self._stream()
         loader = DataLoader(
             stream,
             batch_size=None,

@@ -71,6 +71,10 @@ class AlignPhase(Phase):
         self.loader.load_state_dict(state)
         self._it = None
 
+    def load_remapped_loader_state(self, states: list[dict]) -> None:
+        self.loader.load_remapped_state(states[0])  # a global position: the same on every old rank
+        self._it = None
+
     # --- loss ---------------------------------------------------------------------------------------------
     def prepare(self, batches: list[dict]) -> dict:
         """Global counts of the step (one all-reduce): LM loss tokens and input tokens."""

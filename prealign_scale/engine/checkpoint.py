@@ -27,6 +27,10 @@ instead. The damaged folders are renamed ``<tag>.damaged`` and `latest` is point
 The DeepSpeed ``client_state`` of each rank holds what the engine cannot know: phase, step, the data
 loader's position (the next sample to read) and the RNG states (python, numpy, torch, CUDA). Each rank
 writes and reads its own model-states file under ZeRO-3, so per-rank states come back to the right rank.
+
+Another data-parallel size than the one that wrote the tag (elastic resume): `load` converts the tag into a
+DeepSpeed universal checkpoint and loads that, and hands the phase every old rank's client state to remap
+the data position (elastic.py).
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ from prealign_scale.engine.checkpoint_integrity import (
     read_manifest,
     write_atomic,
     write_manifest_and_marker,
+)
+from prealign_scale.engine.elastic import (
+    ElasticResumeError,
+    checkpoint_dp_size,
+    old_client_states,
+    remove_universal_copies,
+    universal_copy,
+    universal_loading,
 )
 from prealign_scale.engine.phases import PHASE_NAMES, PHASE_ORDER
 
@@ -354,6 +366,7 @@ class CheckpointManager:
             files[name] = file_digest(folder / name, fsync=True)
         write_manifest_and_marker(folder, tag, files)
         write_atomic(self.root / LATEST, tag)
+        remove_universal_copies(self.root)  # an elastic resume's converted copy (elastic.py) is not needed now
         self._prune(keep=tag)
 
     def _failure_message(self, tag: str, failures: list[tuple[int, str]]) -> str:
@@ -372,17 +385,55 @@ class CheckpointManager:
             if info.tag != keep:
                 shutil.rmtree(self.root / info.tag, ignore_errors=True)
 
+    def dp_size(self, info: CheckpointInfo) -> int:
+        """The data-parallel size that wrote the checkpoint (its count of model-states files)."""
+        return checkpoint_dp_size(self.root / info.tag)
+
     def load(self, engine, info: CheckpointInfo, *, restore_training_state: bool) -> dict:
         """Load weights + optimizer into a freshly built `engine`; return our client state.
 
         With `restore_training_state`, the RNG states are restored too; the caller restores
-        ``ours["train"]`` (loader position, counters).
+        ``ours["train"]`` (loader position, counters). When the checkpoint was written by another
+        data-parallel size, it is loaded through a universal copy (elastic.py); ``ours["from_ranks"]`` then
+        holds every old rank's client state (the caller remaps the data position from them) and the RNG
+        states are old rank ``r % N``'s.
         """
-        path, client = engine.load_checkpoint(str(self.root), tag=info.tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
-        if path is None:
-            raise RuntimeError(f"{self.root / info.tag}: DeepSpeed could not load this checkpoint")
-        ours = client["prealign"]
+        from prealign_scale.model.parallel import dp_rank, dp_world_size, tp_world_size
+
+        old, new = self.dp_size(info), dp_world_size()
+        if old == new:
+            path, client = engine.load_checkpoint(str(self.root), tag=info.tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+            if path is None:
+                raise RuntimeError(f"{self.root / info.tag}: DeepSpeed could not load this checkpoint")
+            ours = client["prealign"]
+        else:
+            if tp_world_size() > 1:
+                raise ElasticResumeError(
+                    f"{self.root / info.tag} was written by {old} data-parallel ranks, this run has {new}: a "
+                    f"change of rank count is not supported with model.tp={tp_world_size()}; resume it on "
+                    f"{old * tp_world_size()} ranks (the rank count that wrote it)")
+            _warn0(f"checkpoint {info.tag} was written by {old} data-parallel ranks, this run has {new}: "
+                   f"converting it to a universal checkpoint ({self.root / 'universal' / info.tag}) and "
+                   "continuing the epoch's remaining samples on the new ranks (elastic resume)")
+            box = None
+            if _rank() == 0:
+                try:
+                    box = (str(universal_copy(self.root, info.tag)), None)
+                except Exception as exc:  # noqa: BLE001 - told to every rank, which all raise the same error
+                    box = (None, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")
+            load_dir, error = _broadcast_object(box)
+            if error is not None:
+                raise ElasticResumeError(f"{self.root / info.tag} could not be converted to a universal checkpoint "
+                                         f"({error}); resume it on {old} data-parallel ranks (the rank count "
+                                         "that wrote it)")
+            with universal_loading(engine):
+                path, _ = engine.load_checkpoint(load_dir, tag=info.tag, load_optimizer_states=True,
+                                                 load_lr_scheduler_states=False)
+            if path is None:
+                raise RuntimeError(f"{load_dir}/{info.tag}: DeepSpeed could not load this universal checkpoint")
+            states = old_client_states(self.root / info.tag)
+            ours = dict(states[dp_rank() % old], from_ranks=[s["train"] for s in states])
         if restore_training_state:
             set_rng_state(ours["rng"])
         return ours

@@ -21,6 +21,9 @@ parameter, computes the loss per language.
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -60,22 +63,34 @@ class LMPhase(Phase):
         self._it = None
         self.fused = getattr(engine.module, FUSED_HEAD_ATTR, None)
         self.device = compute_device()
+        # test hook: with PREALIGN_SAMPLE_LOG=<prefix>, each rank appends the sample keys of every step it
+        # fetches to <prefix>.rank<R> (one JSON list a line), so tests can check which samples an epoch read
+        log = os.environ.get("PREALIGN_SAMPLE_LOG")
+        self.sample_log = f"{log}.rank{dp_rank}" if log else None
 
     # --- data ---------------------------------------------------------------------------------------------
     def fetch(self) -> list[dict]:
         if self._it is None:
             self._it = iter(self.loader)
         try:
-            return [next(self._it) for _ in range(self.grad_accum)]
+            batches = [next(self._it) for _ in range(self.grad_accum)]
         except ShardCorruptError as exc:  # the reader names the shard and the sample; add the engine's switch
             raise ShardCorruptError(f"{exc} (run config: data.skip_corrupt=true replaces unreadable samples by "
                                     "padding rows and counts them in metrics.jsonl)") from None
+        if self.sample_log:
+            with open(self.sample_log, "a") as f:
+                f.write(json.dumps([k for b in batches for k in b["keys"] if k is not None]) + "\n")
+        return batches
 
     def loader_state(self) -> dict:
         return self.loader.state_dict()
 
     def load_loader_state(self, state: dict) -> None:
         self.loader.load_state_dict(state)
+        self._it = None
+
+    def load_remapped_loader_state(self, states: list[dict]) -> None:
+        self.loader.load_remapped_state(states)  # the epoch's unread samples, split over the new ranks
         self._it = None
 
     # --- loss ---------------------------------------------------------------------------------------------

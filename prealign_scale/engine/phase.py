@@ -18,6 +18,8 @@ On the engine (an instance: ``cls(cfg, engine, dp_rank=, dp_world_size=, dp_grou
     micro_loss(batch, ctx) -> (loss to backward, stats)
     step_metrics(stats, ctx) -> dict of global values  (collective)
     loader_state() / load_loader_state(state)          (the exact data position)
+    load_remapped_loader_state(states)                 (the position of a run with another data-parallel size:
+                                                        one state per old rank; elastic.py)
     seq_len_for_flops(batches) -> int
     close()
 """

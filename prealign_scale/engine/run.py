@@ -8,6 +8,9 @@ by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k)
 - a phase before P is skipped (done);
 - phase P itself continues at step k with its optimizer, RNG states and data position (or is skipped when
   k reached its steps);
+- a checkpoint written by another data-parallel size is converted and continued on this one (elastic
+  resume, elastic.py): weights and optimizer state exactly, the rest of the epoch's samples split over the new
+  ranks (each read once), RNG states of old rank ``r % N``;
 - a phase after P starts at step 0 from P's final weights with a fresh optimizer (this is also how phase 2
   starts in the same process after phase 1). A checkpoint in the middle of P cannot start a later phase.
 Without a checkpoint, the first phase starts from ``model.init_hf`` (an HF folder) when set, else from
@@ -40,6 +43,7 @@ from prealign_scale.engine.callbacks import (
     Throughput,
 )
 from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager, CheckpointWriteError
+from prealign_scale.engine.elastic import ElasticResumeError
 from prealign_scale.engine.loop import LoopState, PhaseLoop, describe_stop
 from prealign_scale.engine.phases import PHASE_ORDER, phase_class
 from prealign_scale.engine.probe_callback import make_probe
@@ -72,7 +76,10 @@ def failure_line(exc: BaseException, cfg: Config, ckpt: CheckpointManager) -> st
     if isinstance(exc, dist.DistError) or any(h in first.lower() for h in COMM_FAILURE_HINTS):
         line += (f" (a collective operation failed: another rank died (see its log) or stalled for longer than "
                  f"dist.timeout_minutes={cfg.dist.timeout_minutes:g})")
+    if isinstance(exc, ElasticResumeError):
+        return line  # the message itself says on how many ranks to resume
     tag = ckpt.pointer()
+    # right on any rank count: a checkpoint of another rank count is continued (elastic resume, elastic.py)
     return line + (f". Run the same command to resume from {tag}" if tag else ". No checkpoint was written yet")
 
 
@@ -211,7 +218,10 @@ def _train(cfg: Config) -> int:
             state = LoopState()
             if action == "resume":
                 ours = ckpt.load(engine, info, restore_training_state=True)
-                phase.load_loader_state(ours["train"]["loader"])
+                if "from_ranks" in ours:  # written by another data-parallel size: remap the data position
+                    phase.load_remapped_loader_state([t["loader"] for t in ours["from_ranks"]])
+                else:
+                    phase.load_loader_state(ours["train"]["loader"])
                 state = LoopState(step=ours["step"], tokens=ours["train"]["tokens"])
             elif action == "from_weights":
                 ckpt.load(engine, info, restore_training_state=False)
