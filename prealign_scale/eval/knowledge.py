@@ -20,8 +20,9 @@ queries, to tell a learnt fact from a learnt prior:
   answers. A model that learnt the facts beats it; one that learnt only which objects are common does not.
 
 Speed: the candidates of one query share the tokens before the object (the prompt). :func:`score_candidates`
-runs that prompt once and scores all continuations on its key/value cache (prompts of the same length in one
-batch); :func:`score_candidates_reference` is the plain path (every sentence in full), kept as the reference
+runs that prompt once and scores all continuations on its key/value cache (the prompts of one length in one
+batch, then their continuations batched by length across queries, so no forward carries padding);
+:func:`score_candidates_reference` is the plain path (every sentence in full), kept as the reference
 that the tests and ``benchmarks/bench_knowledge_eval.py`` compare against. Both give the same scores up to
 float rounding.
 """
