@@ -97,3 +97,25 @@ def test_shared_prompt_scores_equal_the_reference_on_mixed_groups():
         assert [len(f) for f in fast] == [len(g) for g in groups]
         for r, f in zip(ref, fast):
             assert f == pytest.approx(r, abs=1e-4)
+
+
+def test_real_pair_eval_config_asks_the_translated_facts_in_both_languages():
+    """configs/real_pair_en_es_eval.yaml lists the shipped translated facts; every fact has an English and a
+    Spanish name for subject and object, every relation has templates in both, and the candidates differ by
+    language (Jericho / Jericó)."""
+    from pathlib import Path
+
+    import yaml
+
+    from prealign_scale.data.facts import read_templates, templates_for
+    from prealign_scale.eval.run_eval import EvalConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = EvalConfig.from_dict(yaml.safe_load((root / "configs/real_pair_en_es_eval.yaml").read_text()))
+    facts, temps = read_facts(root / cfg.facts), read_templates(root / cfg.templates)
+    assert sorted(temps) == ["en", "es"] and cfg.knowledge_langs is None  # both languages are asked
+    for f in facts:
+        for lang in ("en", "es"):
+            assert f.subject_in(lang) and f.object_in(lang) and templates_for(temps, lang, f.relation, f.where)
+    assert "Jericó" in candidates_by_relation(facts, "es")["lives_in"]
+    assert "Jericho" in candidates_by_relation(facts, "en")["lives_in"]
