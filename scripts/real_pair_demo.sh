@@ -3,7 +3,7 @@
 # of data/real/en-es (disjoint English / Spanish training chapters, a shared held-out slice, a dictionary induced
 # from the aligned verses), CPU, 2 ranks through the real `deepspeed` launcher: bilingual tokenizer ->
 # alignment table -> code-switched shards -> phase 1 + phase 2 -> held-out perplexity per language, alignment
-# probe, parallel-verse retrieval, genre transfer English -> Spanish. About 10 minutes on 2 CPU cores.
+# probe, parallel-verse retrieval, genre transfer English -> Spanish, translated facts. About 10 minutes on 2 CPU cores.
 # Re-running resumes (finished steps are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,7 @@ deepspeed --num_gpus 2 --master_addr 127.0.0.1 --master_port "${REAL_PAIR_PORT:-
   --config configs/real_pair_en_es.yaml run.out_dir="$OUT/train" data.shard_dir="$OUT/shards" \
   data.table_dir="$OUT/table" data.tokenizer_dir="$OUT/tok"
 
-echo "== 7/7 evaluate: held-out perplexity per language, alignment probe, parallel verses, genre transfer"
+echo "== 7/7 evaluate: held-out perplexity per language, alignment probe, parallel verses, genre transfer, facts"
 $PY launchers/evaluate.py "$OUT/train" --config configs/eval/real_pair_en_es.yaml --lm-shards "$OUT/heldout" \
   --probe-table "$OUT/table" --out "$OUT/train/eval/results.json" --markdown "$OUT/train/eval/results.md"
 

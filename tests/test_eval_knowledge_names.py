@@ -76,3 +76,46 @@ def test_shard_config_reads_facts_without_the_eval_layer(tmp_path):
             "print([m for m in sys.modules if m.startswith('prealign_scale.eval')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_shared_prompt_scores_equal_the_reference_on_mixed_groups():
+    """Many groups at once: prompts of several lengths, continuations of lengths 0-4 mixed within a group, groups
+    of different sizes, a group with no shared first token (the plain path), and a batch budget small enough
+    that prompts and continuations are split over several forwards."""
+    import random
+
+    rng = random.Random(5)
+    view = HFModelView(make_model(2 * V, seed=3))
+    groups = []
+    for _ in range(14):
+        prompt = [rng.randrange(3, V) for _ in range(rng.randrange(1, 5))]
+        groups.append([prompt + [rng.randrange(3, V) for _ in range(rng.randrange(0, 5))]
+                       for _ in range(rng.randrange(1, 9))])
+    groups.append([[5, 6, 7], [8, 6, 7]])
+    for batch_size in (2, 64):
+        ref, fast = score_candidates_reference(view, groups, batch_size), score_candidates(view, groups, batch_size)
+        assert [len(f) for f in fast] == [len(g) for g in groups]
+        for r, f in zip(ref, fast):
+            assert f == pytest.approx(r, abs=1e-4)
+
+
+def test_real_pair_eval_config_asks_the_translated_facts_in_both_languages():
+    """configs/eval/real_pair_en_es.yaml lists the shipped translated facts; every fact has an English and a
+    Spanish name for subject and object, every relation has templates in both, and the candidates differ by
+    language (Jericho / Jericó)."""
+    from pathlib import Path
+
+    import yaml
+
+    from prealign_scale.data.facts import read_templates, templates_for
+    from prealign_scale.eval.run_eval import EvalConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = EvalConfig.from_dict(yaml.safe_load((root / "configs/eval/real_pair_en_es.yaml").read_text()))
+    facts, temps = read_facts(root / cfg.facts), read_templates(root / cfg.templates)
+    assert sorted(temps) == ["en", "es"] and cfg.knowledge_langs is None  # both languages are asked
+    for f in facts:
+        for lang in ("en", "es"):
+            assert f.subject_in(lang) and f.object_in(lang) and templates_for(temps, lang, f.relation, f.where)
+    assert "Jericó" in candidates_by_relation(facts, "es")["lives_in"]
+    assert "Jericho" in candidates_by_relation(facts, "en")["lives_in"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,25 @@ def test_evaluate_runs_every_section_on_a_run_folder(run_dir, tmp_path):
     assert sorted(res["knowledge"]) == ["clone", "en"]  # the templates' language + Clone for a Clone model
     assert res["knowledge"]["en"]["queries"] == 3
     assert res["transfer"]["labels"] == ["animal", "colour"] and set(res["transfer"]["finetune"]["target"]) == {"clone"}
+
+
+def test_progress_bar_per_section_that_ran_with_counts(run_dir, tmp_path, capsys):
+    """Progress on: stderr shows one bar per section that ran, each with the count of sequences it ran and a
+    rate (``N seq/s``, or ``s/seq`` when slower than one a second); a section that did not run has no bar,
+    and progress off prints no bar."""
+    cfg = {**inputs(tmp_path), "retrieval": [], "knowledge_langs": ["en"], "progress": True}
+    evaluate(run_dir, cfg)
+    err = capsys.readouterr().err
+    counts = {name: [int(n) for n in re.findall(rf"{name}: (\d+)seq \[[^\]]*(?:seq/s|s/seq)\]", err)]
+              for name in ("perplexity", "probe", "retrieval", "knowledge", "transfer")}
+    for name in ("perplexity", "probe", "knowledge", "transfer"):
+        assert counts[name] and counts[name][-1] > 0, (name, err)
+    assert counts["retrieval"] == [] and "retrieval" not in err
+    assert counts["perplexity"][-1] == 2  # the two documents of en.txt, one forward row each
+    # 3 queries x 2 candidates, each sentence run at least once (in full or as a continuation of its prompt)
+    assert counts["knowledge"][-1] >= 3 * 2
+    evaluate(run_dir, {**cfg, "progress": False})
+    assert not re.search(r"\d+seq \[", capsys.readouterr().err)
 
 
 def test_clone_offset_from_the_model_when_the_folder_is_a_bare_export(run_dir):

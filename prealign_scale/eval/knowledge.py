@@ -20,8 +20,9 @@ queries, to tell a learnt fact from a learnt prior:
   answers. A model that learnt the facts beats it; one that learnt only which objects are common does not.
 
 Speed: the candidates of one query share the tokens before the object (the prompt). :func:`score_candidates`
-runs that prompt once and scores all continuations on its key/value cache (prompts of the same length in one
-batch); :func:`score_candidates_reference` is the plain path (every sentence in full), kept as the reference
+runs that prompt once and scores all continuations on its key/value cache (the prompts of one length in one
+batch, then their continuations batched by length across queries, so no forward carries padding);
+:func:`score_candidates_reference` is the plain path (every sentence in full), kept as the reference
 that the tests and ``benchmarks/bench_knowledge_eval.py`` compare against. Both give the same scores up to
 float rounding.
 """
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from prealign_scale.data.facts import (
     Fact,
@@ -84,67 +86,81 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-@torch.no_grad()
+def _continuation_scores(view: ModelView, cache, rows: list[int], conts: list[list[int]], budget: int,
+                         out: Tensor) -> None:
+    """Add to ``out[i]`` the log-likelihood of ``conts[i][1:]`` given prompt ``rows[i]`` of `cache` and
+    ``conts[i][:1]``: continuations of the same length run together (no padding), ``budget`` tokens per forward."""
+    dev = view.device
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(conts):
+        if len(x) > 1:
+            by_len.setdefault(len(x), []).append(i)
+    for n, members in sorted(by_len.items()):
+        per_forward = max(1, budget // (n - 1))
+        for k in range(0, len(members), per_forward):
+            part = members[k : k + per_forward]
+            seqs = torch.tensor([conts[i] for i in part], dtype=torch.long, device=dev)
+            logits = view.logits_on_prefix(cache, torch.tensor([rows[i] for i in part], device=dev), seqs[:, :-1])
+            # rows of the vocabulary contiguous: cross-entropy over a transposed [n, V, w] view is several times slower
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), seqs[:, 1:].reshape(-1),
+                                  reduction="none").view(len(part), n - 1)
+            out[torch.tensor(part, device=dev)] -= nll.double().sum(1)
+
+
+@torch.inference_mode()
 def score_candidates(view: ModelView, groups: Sequence[Sequence[Sequence[int]]], batch_size: int = 64,
                      pad_id: int = 0) -> list[list[float]]:
     """The scores of :func:`score_candidates_reference`, with each group's shared prompt run once.
 
     A group's score of sequence s with shared prefix p (P tokens) is
-    ``sum_{i=1}^{P-1} log p(p_i | p_<i) + sum_{j>=P} log p(s_j | s_<j)``: the first sum once per group, the
-    second from the continuation run on the prompt's key/value cache. Groups with the same prompt length and
-    candidate count go through the model together, up to ``batch_size x (longest sentence)`` tokens per
-    forward (the reference path's budget). Views without ``logits_after_prefix``, and groups whose sequences
-    share no first token, take the reference path.
+    ``sum_{i=1}^{P-1} log p(p_i | p_<i) + sum_{j>=P} log p(s_j | s_<j)``: the first sum once per group (its
+    last position also predicts every candidate's first token after the prompt), the rest from the candidate's
+    continuation run on the prompt's key/value cache. The prompts of all groups with the same prompt length run
+    together, then all their candidates' continuations, batched by continuation length (no padding) across
+    groups, up to ``batch_size x (longest sentence)`` tokens per forward (the reference path's budget). Views
+    without ``prefix_cache``, and groups whose sequences share no first token, take the reference path.
     """
     out: list[list[float] | None] = [None] * len(groups)
     fallback = []
-    buckets: dict[tuple[int, int], list[int]] = {}
+    buckets: dict[int, list[int]] = {}
     for g, seqs in enumerate(groups):
         check_ids(view, seqs)
         p = _common_prefix(seqs)
-        if p == 0 or not hasattr(view, "logits_after_prefix"):
+        if p == 0 or not hasattr(view, "prefix_cache"):
             fallback.append(g)
         else:
-            buckets.setdefault((p, len(seqs)), []).append(g)
+            buckets.setdefault(p, []).append(g)
     if fallback:
         for g, scores in zip(fallback, score_candidates_reference(view, [groups[g] for g in fallback], batch_size,
                                                                   pad_id)):
             out[g] = scores
     dev = view.device
-    for (p, c), members in buckets.items():
+    for p, members in sorted(buckets.items()):
         longest = max(len(s) for g in members for s in groups[g])
-        budget = batch_size * longest
-        width = max(1, longest - p - 1)
-        per_chunk = max(1, budget // (c * width))
+        budget = batch_size * longest  # tokens per forward
+        per_chunk = max(1, budget // p)
         for k in range(0, len(members), per_chunk):
             chunk = members[k : k + per_chunk]
             prefix = torch.tensor([list(groups[g][0][:p]) for g in chunk], dtype=torch.long, device=dev)
-            conts = [list(s[p:]) for g in chunk for s in groups[g]]  # query-major: row q * c + i
-            w = max(len(x) for x in conts) - 1  # the last token of a continuation is only a target
-            inputs = targets = None
-            if w > 0:
-                inputs = torch.full((len(conts), w), pad_id, dtype=torch.long)
-                targets = torch.full((len(conts), w), -100, dtype=torch.long)
-                for r, x in enumerate(conts):
-                    if len(x) > 1:
-                        inputs[r, : len(x) - 1] = torch.as_tensor(x[:-1])
-                        targets[r, : len(x) - 1] = torch.as_tensor(x[1:])
-                inputs, targets = inputs.to(dev), targets.to(dev)
-            plog, clog = view.logits_after_prefix(prefix, inputs, c)
+            plog, cache = view.prefix_cache(prefix)
             plp = F.log_softmax(plog.float(), -1)  # [q, P, V]
             prompt = plp[:, :-1].gather(-1, prefix[:, 1:, None])[..., 0].double().sum(1)  # [q]
-            total = prompt.repeat_interleave(c)  # [q * c]
+            # one row per (query, candidate): its prompt's index and its tokens after the prompt
+            rows = [q for q, g in enumerate(chunk) for _ in groups[g]]
+            conts = [list(s[p:]) for g in chunk for s in groups[g]]
+            row_t = torch.tensor(rows, dtype=torch.long, device=dev)
+            total = prompt[row_t]
             # the prompt's last position predicts each continuation's first token
             first = torch.tensor([x[0] if x else 0 for x in conts], dtype=torch.long, device=dev)
             has = torch.tensor([bool(x) for x in conts], device=dev)
-            last = plp[:, -1].repeat_interleave(c, 0).gather(-1, first[:, None])[:, 0].double()
+            last = plp[:, -1].double()[row_t, first]
             total = total + last.masked_fill(~has, 0.0)
-            if clog is not None:
-                assert targets is not None
-                clp = F.log_softmax(clog.float(), -1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
-                total = total + clp.masked_fill(targets < 0, 0.0).double().sum(1)
-            for q, g in enumerate(chunk):
-                out[g] = total[q * c : (q + 1) * c].tolist()
+            _continuation_scores(view, cache, rows, conts, budget, total)
+            scores = total.tolist()
+            r = 0
+            for g in chunk:
+                out[g] = scores[r : r + len(groups[g])]
+                r += len(groups[g])
     return out  # type: ignore[return-value]
 
 

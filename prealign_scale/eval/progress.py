@@ -54,7 +54,7 @@ def count_forwards(view):
 
     view.logits = counted(view.logits, lambda ids: ids.shape[0])
     view.layer_states = counted(view.layer_states, lambda ids: ids.shape[0])
-    if hasattr(view, "logits_after_prefix"):
-        view.logits_after_prefix = counted(
-            view.logits_after_prefix, lambda prefix, conts, repeats: prefix.shape[0] * repeats)
+    if hasattr(view, "prefix_cache"):
+        view.prefix_cache = counted(view.prefix_cache, lambda prefix: prefix.shape[0])
+        view.logits_on_prefix = counted(view.logits_on_prefix, lambda cache, rows, conts: conts.shape[0])
     return view

@@ -9,8 +9,8 @@ attention mask is needed):
   blocks 1 .. n-1 and the final normed state (HF's ``output_hidden_states``; METHOD.md §2)
 - ``unembedding_rows(ids)`` -> [b, s, h]: the output-embedding (LM head) rows of the ids
 
-:class:`HFModelView` also has ``logits_after_prefix`` (a shared prompt run once, its key/value cache reused
-for many continuations), which the knowledge probe uses when a view offers it.
+:class:`HFModelView` also has ``prefix_cache`` and ``logits_on_prefix`` (prompts run once, their key/value cache
+reused for many continuations), which the knowledge probe uses when a view offers them.
 
 :class:`HFModelView` wraps any ``LlamaForCausalLM``-like HF model (a run folder's ``hf/``);
 :class:`MegatronView` wraps the engine's megatron ``GPTModel`` (single process or every rank together, since
@@ -71,16 +71,22 @@ class HFModelView:
     def unembedding_rows(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.model.get_output_embeddings().weight)
 
-    def logits_after_prefix(self, prefix: Tensor, conts: Tensor | None, repeats: int) -> tuple[Tensor, Tensor | None]:
-        """Logits of `prefix` [q, P] and of continuations [q * repeats, w] that each follow their prefix (rows
-        ``i * repeats .. (i + 1) * repeats - 1`` continue prefix i): the prefix runs once and its key/value
-        cache is repeated for the continuations (positions P .. P + w - 1). ``conts=None``: prefix only."""
+    def prefix_cache(self, prefix: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Logits [q, P, vocab] of the prompts `prefix` [q, P] and their key/value cache (per layer, keys and
+        values [q, ...]; for :meth:`logits_on_prefix`)."""
         out = self.model(input_ids=prefix, use_cache=True)
-        if conts is None:
-            return out.logits, None
         cache = out.cache
-        cache.batch_repeat_interleave(repeats)
-        return out.logits, self.model(input_ids=conts, cache=cache, use_cache=True).logits
+        return out.logits, [(layer.keys, layer.values) for layer in cache.layers]
+
+    def logits_on_prefix(self, cache: list[tuple[Tensor, Tensor]], rows: Tensor, conts: Tensor) -> Tensor:
+        """Logits [n, w, vocab] of continuations `conts` [n, w] (right-padded), continuation r following prompt
+        ``rows[r]`` of `cache` (as :meth:`prefix_cache` returns it; positions P .. P + w - 1): the prompts' keys
+        and values are reused, never recomputed."""
+        from transformers import DynamicCache
+
+        picked = DynamicCache([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache],
+                              config=self.model.config)
+        return self.model(input_ids=conts, cache=picked, use_cache=True).logits
 
 
 class MegatronView:
