@@ -78,6 +78,11 @@ def test_flex_forward_equals_dense_sdpa(world1, monkeypatch, s):
     assert calls, "the flex kernel did not run"
     assert out.shape == ref.shape == (s, b, 64)
     torch.testing.assert_close(out, ref, **TOL)
+    # inputs that require grad, under no_grad (evaluation of a trained model): still the flex kernel
+    with torch.no_grad():
+        calls.clear()
+        torch.testing.assert_close(flex(*(t.clone().requires_grad_() for t in (q, k, v)), segments), out)
+        assert calls
     # the mask really restricts: plain causal differs on the multi-document rows
     with torch.no_grad():
         assert (flex(q, k, v, None) - out)[:, 0].abs().max() > 1e-3

@@ -110,6 +110,8 @@ class FlexAttention(SDPAttention):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_document_allowed(segments),
                                                      scale=self.softmax_scale)
         else:
+            if q.device.type == "cpu":  # no autograd wanted; flex refuses CPU inputs that require grad at all
+                q, k, v = q.detach(), k.detach(), v.detach()
             context = _flex_fn()(q, k, v, block_mask=document_block_mask(segments), scale=self.softmax_scale,
                                  enable_gqa=self.num_attention_heads_per_partition
                                  != self.num_query_groups_per_partition)
