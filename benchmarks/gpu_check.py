@@ -14,6 +14,11 @@ correctness
   lm_head        liger's fused linear cross-entropy vs the chunked one (bf16, T=16k H=2048 V=64k)
   te_layer       the Transformer Engine layer spec vs the local spec, same weights, fp32 forward (skipped
                  with the reason when TE does not import)
+  flex_attention the flex core attention (model.attention=flex, document block mask from segment ids) vs
+                 SDPA with the dense document mask, fp32 and bf16, b=4 s=2048 16 heads (8 groups) x 128:
+                 output (with and without autograd) and q/k/v gradients (relative norm of the difference);
+                 dry: toy size; on CPU only the no-autograd output runs the flex kernel (eager), the
+                 gradients come from the module's dense CPU path (torch has no flex backward on CPU)
   zero_init      bf16 `deepspeed.zero.Init` construction (150m): the std of each kind of weight vs megatron's
                  init (0.02; output projections 0.02/sqrt(2 layers); norms 1)
   engine_steps   one phase-1 and one phase-2 step of the tiny preset through the real engine
@@ -23,6 +28,8 @@ performance
                  the card's dense bf16 peak
   train_<preset> 150m, 400m, 1.3b: ZeRO-3 bf16, seq 2048, one GPU, fused LM head: tokens/s and MFU of
                  phase 2, entries/s of phase 1 (median over the steps after the first)
+  doc_mask_150m  phase 2 of 150m at seq 2048 (as train_150m): tokens/s and MFU with document masking off
+                 (plain causal, SDPA flash), on through the dense mask (sdpa) and on through flex
 
 ``--dry`` (CPU): the same code at toy sizes, Triton under ``TRITON_INTERPRET=1``, the engine on gloo with one
 rank and ds_configs/cpu_zero3.json, performance sections with measured CPU numbers and MFU null; that mode is
@@ -32,6 +39,7 @@ tests/test_gpu_check.py. Results on a lent GPU: benchmarks/README.md ("GPU check
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -53,7 +61,10 @@ SIZES = {
     "lm_head": ({"T": 16384, "H": 2048, "V": 65536}, {"T": 64, "H": 32, "V": 256}),
     "zero_init_preset": ("150m", "tiny"),
     "train_presets": (("150m", "400m", "1.3b"), ("tiny",)),
+    "doc_mask_preset": ("150m", "tiny"),
 }
+# flex_attention section: (b, s, heads, query groups, head dim) on the GPU and dry
+FLEX_SIZE = ((4, 2048, 16, 8, 128), (2, 96, 4, 2, 16))
 # Tolerances: the loss's relative error and the gradient's relative error norm ||g_a - g_b|| / ||g_b||.
 TOL = {"float32": {"loss": 1e-4, "grad": 1e-3}, "bfloat16": {"loss": 2e-2, "grad": 5e-2}}
 TAU = 0.1  # AlignConfig's default; the check only needs a fixed temperature
@@ -271,6 +282,62 @@ def section_te_layer(ctx: dict) -> dict:
     return {"preset": "tiny", "logits_rel_err": err, "tolerance": 1e-4, "ok": err <= 1e-4}
 
 
+def _packed_segments(b: int, s: int, docs: int, gen):
+    """[b, s] segment ids: `docs` documents of random lengths per row (ids rising along the row)."""
+    import torch
+
+    rows = []
+    for _ in range(b):
+        row = torch.zeros(s, dtype=torch.long)
+        row[torch.randperm(s - 1, generator=gen)[:docs - 1] + 1] = 1
+        rows.append(row.cumsum(0))
+    return torch.stack(rows)
+
+
+def section_flex_attention(ctx: dict) -> dict:
+    """FlexAttention (block mask from segment ids) vs SDPAttention (dense document mask): output and grads."""
+    import torch
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from prealign_scale.data.shard_reader import attention_mask_from_segments
+    from prealign_scale.model.builder import make_transformer_config
+    from prealign_scale.model.flex_attention import FlexAttention
+    from prealign_scale.model.presets import get_preset
+    from prealign_scale.model.sdpa_attention import SDPAttention
+
+    _start_single_process_group()
+    b, s, heads, groups, hd = FLEX_SIZE[1 if ctx["dry"] else 0]
+    preset = dataclasses.replace(get_preset("tiny"), num_attention_heads=heads, num_query_groups=groups,
+                                 hidden_size=heads * hd)
+    config = make_transformer_config(preset)
+    kw = {"config": config, "layer_number": 1, "attn_mask_type": AttnMaskType.causal, "attention_type": "self"}
+    sdpa, flex = SDPAttention(**kw), FlexAttention(**kw)
+    gen = torch.Generator().manual_seed(0)
+    segments = _packed_segments(b, s, 8, gen).to(_device())
+    dense = attention_mask_from_segments(segments)
+    out: dict = {"size": {"b": b, "s": s, "heads": heads, "groups": groups, "head_dim": hd}}
+    ok = True
+    for dtype_name in ("float32", "bfloat16"):
+        dtype = getattr(torch, dtype_name)
+        base = [torch.randn(s, b, n, hd, generator=gen) for n in (heads, groups, groups)]
+        weight = torch.randn(s, b, heads * hd, generator=gen).to(_device(), dtype)
+        res = []
+        for module, mask in ((sdpa, dense), (flex, segments)):
+            q, k, v = (t.to(_device(), dtype).requires_grad_() for t in base)
+            o = module(q, k, v, mask)
+            (o.float() * weight.float()).sum().backward()
+            res.append([o.detach(), q.grad, k.grad, v.grad])
+        errs = {name: _rel(got, want) for name, got, want in zip(("out", "dq", "dk", "dv"), res[1], res[0])}
+        with torch.no_grad():  # the flex kernel's forward without autograd: the real kernel on CPU too
+            errs["out_no_grad"] = _rel(flex(*(t.to(_device(), dtype) for t in base), segments), res[0][0])
+        tol = 1e-4 if dtype_name == "float32" else 2e-2
+        out[dtype_name] = {**errs, "tolerance": tol}
+        ok = ok and all(e <= tol for e in errs.values())
+    out["grad_kernel"] = "flex (compiled)" if torch.cuda.is_available() else "dense CPU path (no flex backward)"
+    out["ok"] = ok
+    return out
+
+
 def section_zero_init(ctx: dict) -> dict:
     import deepspeed
     import torch
@@ -435,15 +502,52 @@ def section_train(ctx: dict, preset: str) -> dict:
             "lm_step_time": statistics.median(r["step_time"] for r in lm), "ok": True}
 
 
+def section_doc_mask(ctx: dict, preset: str) -> dict:
+    """Phase 2 of `preset` at seq 2048 (as section_train) three times: document masking off (plain causal),
+    on through the dense boolean mask (sdpa), on through flex's block mask; tokens/s and MFU of each."""
+    dry = ctx["dry"]
+    seq = 64 if dry else 2048
+    steps = 3 if dry else 6
+    micro = {"150m": 8, "400m": 4, "1.3b": 2}.get(preset, 2)
+    common = ["align.steps=0", f"lm.steps={steps}", f"lm.micro_batch_size={micro}"]
+    if not dry:
+        common += ["model.vocab_size=50304", "lm.lm_loss_impl=auto"]
+    variants = {"causal": ["lm.doc_attention=false", "model.attention=auto"],
+                "dense_mask": ["lm.doc_attention=true", "model.attention=auto"],
+                "flex": ["lm.doc_attention=true", "model.attention=flex"]}
+    out: dict = {"preset": preset, "seq_len": seq, "micro_batch": micro, "steps": steps}
+    t0 = time.monotonic()
+    for name, extra in variants.items():
+        left = ctx["budget"] - (time.monotonic() - t0)
+        if left < 10:
+            out[name] = {"skipped": f"section budget: {left:.0f} s left"}
+            continue
+        recs = [r for r in _train(ctx, f"doc_mask_{preset}_{name}", preset, seq, common + extra, left)
+                if r["phase"] == "lm"]
+        recs = [r for r in recs if r["step"] > 1] or recs
+        mfu = [r["mfu"] for r in recs if r.get("mfu") is not None]
+        out[name] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs),
+                     "mfu": statistics.median(mfu) if mfu else None,
+                     "step_time": statistics.median(r["step_time"] for r in recs),
+                     "loss": recs[-1]["loss"]}
+    # the two masked runs see the same data and weights: their losses agree (bf16 on the GPU)
+    masked = [out[k]["loss"] for k in ("dense_mask", "flex") if "loss" in out[k]]
+    out["ok"] = len(masked) < 2 or abs(masked[0] - masked[1]) <= (1e-4 if dry else 2e-2) * abs(masked[0])
+    return out
+
+
 # ------------------------------------------------------------------------------------------- the runner
 def sections(dry: bool) -> list[tuple[str, float, object]]:
     """(name, budget in seconds on the GPU, function). Dry budgets are the same; the global deadline rules."""
     out = [("env", 30, section_env), ("align_loss", 60, section_align_loss), ("lm_head", 30, section_lm_head),
-           ("te_layer", 30, section_te_layer), ("zero_init", 40, section_zero_init),
+           ("te_layer", 30, section_te_layer), ("flex_attention", 40, section_flex_attention),
+           ("zero_init", 40, section_zero_init),
            ("engine_steps", 90, section_engine_steps), ("kernels", 30, section_kernels)]
     for preset in _size("train_presets", dry):
         out.append((f"train_{preset}", 90 if preset != "1.3b" else 120,
                     lambda ctx, p=preset: section_train(ctx, p)))
+        if preset == _size("doc_mask_preset", dry):  # document masking on and off, right after its train row
+            out.append((f"doc_mask_{preset}", 150, lambda ctx, p=preset: section_doc_mask(ctx, p)))
     return out
 
 
@@ -509,6 +613,13 @@ def markdown(results: dict) -> str:
                    f"weight {_fmt(r['grad_weight_rel_err'])}")
         elif name == "te_layer" and r:
             fig = f"logits err {_fmt(r['logits_rel_err'])}"
+        elif name == "flex_attention" and r:
+            fig = "; ".join(f"{d}: out err {_fmt(r[d]['out'])} (no grad {_fmt(r[d]['out_no_grad'])}), grad err "
+                            f"q/k/v {_fmt(r[d]['dq'])}/"
+                            f"{_fmt(r[d]['dk'])}/{_fmt(r[d]['dv'])}" for d in ("float32", "bfloat16"))
+        elif name.startswith("doc_mask_") and r:
+            fig = "; ".join(f"{k}: {_fmt(r[k].get('tokens_per_s'))} tokens/s, MFU {_fmt(r[k].get('mfu'))}"
+                            for k in ("causal", "dense_mask", "flex"))
         elif name == "zero_init" and r:
             fig = "; ".join(f"{k}: {_fmt(s['min'])}..{_fmt(s['max'])}" for k, s in r["stats"].items())
         elif name == "engine_steps" and r:

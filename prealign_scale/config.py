@@ -40,7 +40,7 @@ from prealign_scale.config_loader import ConfigError, load_tree
 ALIGN_LOSS_IMPLS = ("auto", "naive", "chunked", "triton")  # prealign_scale.alignment.loss.IMPLS
 LM_LOSS_IMPLS = ("megatron", "auto", "chunked", "liger", "naive")  # megatron's CE, or kernels.lm_head_loss
 PHASES = ("all", "align", "lm")
-ATTENTION_IMPLS = ("auto", "sdpa", "te")  # prealign_scale.model.builder.layer_spec
+ATTENTION_IMPLS = ("auto", "sdpa", "te", "flex")  # prealign_scale.model.builder.layer_spec
 SCHEDULES = ("linear", "cosine", "constant")
 DIST_BACKENDS = ("gloo", "nccl")
 
@@ -55,7 +55,9 @@ class ModelConfig:
     tp: int | None = None  # tensor-parallel size (null: the preset's default_tp); data-parallel = world_size / tp
     # auto: Transformer Engine's layers when TE imports (else megatron's local ones), PyTorch SDPA core
     # attention (honours lm.doc_attention's document mask); sdpa: local layers always; te: TE's layers and
-    # TE's core attention (causal only, so it needs lm.doc_attention=false)
+    # TE's core attention (causal only, so it needs lm.doc_attention=false); flex: auto's layers with PyTorch
+    # flex_attention and a document block mask built from the segment ids (no dense [b, s, s] mask, compiled
+    # on GPU; it serves the document mask, so it needs lm.doc_attention=true)
     attention: str = "auto"
     # an HF LlamaForCausalLM folder (e.g. <run>/hf of an earlier run) whose weights a fresh run starts from
     # (continued pretraining); its config.json must match the preset and the vocab size. A checkpoint in
@@ -207,6 +209,10 @@ def check_values(cfg: Config) -> list[str]:
     if cfg.model.attention == "te" and cfg.lm.doc_attention and cfg.lm.steps > 0:
         problems.append("model.attention: 'te' runs megatron's TE core attention with a causal mask type, which "
                         "ignores the per-document mask; set lm.doc_attention=false or use 'sdpa'")
+    if cfg.model.attention == "flex" and not cfg.lm.doc_attention and cfg.lm.steps > 0:
+        problems.append("model.attention: 'flex' builds the per-document block mask, but lm.doc_attention=false "
+                        "asks for plain causal attention; use 'auto' or 'sdpa' (SDPA's flash kernel) or set "
+                        "lm.doc_attention=true")
     if cfg.dist.backend is not None:
         problems.append(choice_problem("dist.backend", cfg.dist.backend, DIST_BACKENDS))
     problems += _positive(cfg, (

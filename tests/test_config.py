@@ -165,6 +165,16 @@ def test_transformer_engine_attention_refuses_the_document_mask(tmp_path, data):
             "model.attention: 'te' needs Transformer Engine")
 
 
+def test_flex_attention_needs_the_document_mask(tmp_path, data):
+    """'flex' exists to build the document block mask: with lm.doc_attention=false it is refused by key."""
+    assert load_config(write_cfg(tmp_path, data), ["model.attention=flex"]).model.attention == "flex"
+    assert error_of(write_cfg(tmp_path, data), ["model.attention=flex", "lm.doc_attention=false"]).startswith(
+        "model.attention: 'flex' builds the per-document block mask, but lm.doc_attention=false")
+    # an alignment-only run has no packed documents: nothing to refuse
+    cfg = load_config(write_cfg(tmp_path, data), ["model.attention=flex", "lm.doc_attention=false", "lm.steps=0"])
+    assert cfg.model.attention == "flex"
+
+
 def test_tp_defaults_to_the_preset(tmp_path, data):
     """model.tp: null (the default) takes the preset's default_tp; an explicit value wins."""
     assert Config().model.tp is None

@@ -56,6 +56,17 @@ def test_dry_mode_runs_every_section(tmp_path):
     # performance: measured CPU numbers, MFU null
     tr = secs["train_tiny"]["result"]
     assert tr["tokens_per_s"] > 0 and tr["align_entries_per_s"] > 0 and tr["mfu"] is None
+    # flex document block mask vs the dense mask: errors within the stated tolerances (no-grad output: the
+    # eager flex kernel on CPU); document masking off / dense / flex each measured, masked losses agree
+    fl = secs["flex_attention"]
+    assert fl["status"] == "ok", fl
+    for dtype in ("float32", "bfloat16"):
+        assert all(fl["result"][dtype][e] <= fl["result"][dtype]["tolerance"]
+                   for e in ("out", "out_no_grad", "dq", "dk", "dv"))
+    dm = secs["doc_mask_tiny"]
+    assert dm["status"] == "ok", dm
+    assert all(dm["result"][v]["tokens_per_s"] > 0 for v in ("causal", "dense_mask", "flex"))
+    assert dm["result"]["flex"]["mfu"] is None
     k = secs["kernels"]["result"]
     assert k["align_loss_triton"]["seconds"] > 0 and k["align_loss_triton"]["share_of_peak"] is None
     md = out.with_suffix(".md").read_text()

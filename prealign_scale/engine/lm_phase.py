@@ -2,8 +2,10 @@
 
 Targets are the stored ones (input-only code-switching lives in them), used as they are: the model gets
 ``labels=targets`` with no shift. Attention is restricted to each packed document (``segments``), or plain
-causal with ``lm.doc_attention: false``. RoPE is relative, so restricting attention to the document makes
-every document see the same positions it would alone.
+causal with ``lm.doc_attention: false``. The document mask goes to the model as a dense boolean
+[b, 1, s, s] mask, or, with ``model.attention: flex``, as the [b, s] segment ids themselves (the flex core
+attention builds its block mask from them: no O(s²) tensor). RoPE is relative, so restricting attention to
+the document makes every document see the same positions it would alone.
 
 Normalisation: the loss of a step is (sum of the token losses over all micro-batches and ranks) / (number of
 loss tokens over all micro-batches and ranks), not a mean of per-micro-batch means. The step's micro-batches
@@ -108,7 +110,11 @@ class LMPhase(Phase):
         dev = self.device
         ids, pos, targets = batch["input_ids"].to(dev), batch["position_ids"].to(dev), batch["targets"].to(dev)
         lang = batch["token_lang"].to(dev)
-        mask = attention_mask_from_segments(batch["segments"].to(dev)) if self.cfg.lm.doc_attention else None
+        mask = None  # plain causal
+        if self.cfg.lm.doc_attention and self.cfg.model.attention == "flex":
+            mask = batch["segments"].to(dev)  # FlexAttention builds the document block mask from the ids
+        elif self.cfg.lm.doc_attention:
+            mask = attention_mask_from_segments(batch["segments"].to(dev))
         n_langs = len(self.languages)
         loss_mask = targets != IGNORE_INDEX
         if self.fused is None:

@@ -11,6 +11,10 @@ Layer spec (``attention``, config ``model.attention``):
   norm+linear layers), else megatron's local spec with RMSNorm; in both the core attention is
   `SDPAttention` (PyTorch SDPA), which honours the per-document mask.
 - ``sdpa``: megatron's local spec with `SDPAttention`, whether or not TE is installed.
+- ``flex``: the layers of ``auto`` (TE's when it imports, else local) with `FlexAttention`: given the [b, s]
+  segment ids as ``attention_mask``, it restricts attention to each packed document through a
+  ``flex_attention`` block mask (compiled on GPU) instead of a dense mask; a boolean mask or ``None`` goes
+  to SDPA as in ``sdpa`` (see `flex_attention`).
 - ``te``: TE's spec with TE's own core attention. megatron builds it with a *causal* mask type, and TE then
   ignores an explicit ``attention_mask``, so it cannot restrict attention to packed documents (the config
   refuses ``te`` with ``lm.doc_attention``).
@@ -24,7 +28,8 @@ forward). megatron initialises inside each constructor, so the initialisation su
 Calling the model: ``model(input_ids [b, s], position_ids [b, s], attention_mask)`` returns logits
 [b, s, V / tp] (``labels=`` [b, s] makes it return the unreduced per-token loss [b, s] instead).
 ``attention_mask`` is boolean [b, 1, s, s] (or broadcastable), **True where attention is blocked**, and must
-include causality; ``None`` means plain causal attention. RoPE positions are 0..s-1 (megatron's ``rope``
+include causality; ``None`` means plain causal attention; with ``flex`` it may also be the integer [b, s]
+segment ids (causal within each document). RoPE positions are 0..s-1 (megatron's ``rope``
 ignores ``position_ids``; they only feed learned position embeddings, which this model has none of).
 
 Per-layer hidden states (for the alignment phase), without changing the model:
@@ -58,15 +63,17 @@ def transformer_engine_available() -> bool:
     return True
 
 
-ATTENTION_CHOICES = ("auto", "sdpa", "te")
+ATTENTION_CHOICES = ("auto", "sdpa", "te", "flex")
 
 
 def resolve_attention(attention: str = "auto") -> str:
-    """``auto`` -> ``te+sdpa`` (TE layers, SDPA core attention) when TE imports, else ``sdpa``."""
+    """``auto`` -> ``te+sdpa`` (TE layers, SDPA core attention) when TE imports, else ``sdpa``; ``flex`` ->
+    ``te+flex`` (TE layers, flex core attention) when TE imports, else ``flex``."""
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
-    if attention == "auto":
-        return "te+sdpa" if transformer_engine_available() else "sdpa"
+    if attention in ("auto", "flex"):
+        core = "sdpa" if attention == "auto" else "flex"
+        return f"te+{core}" if transformer_engine_available() else core
     if attention == "te" and not transformer_engine_available():
         raise RuntimeError("attention='te' but transformer_engine.pytorch does not import")
     return attention
@@ -79,16 +86,18 @@ def layer_spec(attention: str = "auto"):
         get_gpt_layer_with_transformer_engine_spec,
     )
 
+    from prealign_scale.model.flex_attention import FlexAttention
     from prealign_scale.model.sdpa_attention import SDPAttention
 
     kind = resolve_attention(attention)
     if kind == "te":
         return get_gpt_layer_with_transformer_engine_spec()
-    if kind == "te+sdpa":
+    if kind.startswith("te+"):
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    core = FlexAttention if kind.endswith("flex") else SDPAttention
+    spec.submodules.self_attention.submodules.core_attention = core
     return spec
 
 
@@ -168,7 +177,7 @@ def build_gpt_model(
     Needs megatron's groups (`prealign_scale.model.parallel.init_model_parallel`); the tensor-parallel size
     is theirs. With `ds_config` (a DeepSpeed config dict with ZeRO stage 3) the parameters are created
     partitioned over the data-parallel group; `params_dtype` must then match the config's bf16/fp16 switch.
-    `attention` picks the layer spec: auto, sdpa or te (see the module docstring).
+    `attention` picks the layer spec: auto, sdpa, te or flex (see the module docstring).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
