@@ -13,7 +13,11 @@ Per phase, in this order:
                                   callback may add keys, which the callbacks after it see
       should_stop(loop) -> bool   this rank wants to stop after this step; the first True ends the question
                                   (later callbacks are not asked), and the loop agrees across ranks (all-reduce)
-      end_step(loop, stopping)    after that agreement: where a checkpoint is saved
+      should_end_phase(loop)      -> bool: the phase reached its goal early (e.g. phase 1's alignment): end it
+                                  now, as DONE (the next phase follows); agreed across ranks like should_stop
+                                  (the first True ends the question); the loop then sets ``loop.ended_early``
+      end_step(loop, stopping)    after that agreement: where a checkpoint is saved (`stopping` is also True
+                                  when the phase ends early)
     on_phase_end(loop)            always: after the last step, a stop, or an error
 close()                           once, when the run ends (run.py)
 
@@ -41,6 +45,9 @@ class Callback:
         pass
 
     def should_stop(self, loop) -> bool:
+        return False
+
+    def should_end_phase(self, loop) -> bool:
         return False
 
     def end_step(self, loop, stopping: bool) -> None:

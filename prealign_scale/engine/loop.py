@@ -7,7 +7,9 @@ One optimizer step: fetch every micro-batch of the step first (so the token coun
 known before the first backward), set the learning rate for this step (from the phase's config section),
 then forward/backward each micro-batch; DeepSpeed's ``engine.step()`` applies the update on the last one.
 After the step: the callbacks see the step's record (metrics, probe), then the stop flag (pre-emption signal
-or the per-process step budget) is agreed across ranks with an all-reduce, then a checkpoint if one is due.
+or the per-process step budget) and the end-of-phase flag (the phase reached its goal early, e.g. phase 1's
+seen retrieval) are agreed across ranks with one all-reduce, then a checkpoint if one is due (an early end
+saves the phase as done).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ class LoopState:
     tokens: int = 0  # input tokens seen in this phase, all ranks
 
 
-def _agree_stop(flag: bool) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0])
+def _agree(*flags: bool) -> list[bool]:
+    """Each flag is True on every rank when it is True on any rank (one all-reduce)."""
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [bool(x > 0) for x in t.tolist()]
 
 
 class PhaseLoop:
@@ -46,13 +49,15 @@ class PhaseLoop:
         self.engine, self.phase, self.cfg, self.state = engine, phase, cfg, state
         self.callbacks = callbacks
         self.step_tokens = 0  # input tokens of the latest step, all ranks
+        self.ended_early = False  # the ranks agreed to end the phase early, as done (a should_end_phase)
 
     def _hook(self, name: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, name)(self, *args)
 
     def run(self) -> str:
-        """Returns "done", or "stopped" (pre-empted / step budget used; the checkpoint is saved)."""
+        """Returns "done" (also when a callback ended the phase early: ``ended_early``), or "stopped"
+        (pre-empted / step budget used; the checkpoint is saved)."""
         p = self.phase.section(self.cfg)
         engine, phase, state = self.engine, self.phase, self.state
         engine.train()
@@ -79,10 +84,14 @@ class PhaseLoop:
 
                 record = {"phase": phase.name, "step": state.step, "tokens": state.tokens, **values, "lr": lr}
                 self._hook("post_step", record)  # throughput, metrics, progress, probe
-                stopping = _agree_stop(any(cb.should_stop(self) for cb in self.callbacks))
-                self._hook("end_step", stopping)  # the checkpoint
+                wants_stop = any(cb.should_stop(self) for cb in self.callbacks)
+                wants_end = any(cb.should_end_phase(self) for cb in self.callbacks)
+                stopping, self.ended_early = _agree(wants_stop, wants_end)
+                self._hook("end_step", stopping or self.ended_early)  # the checkpoint
                 if stopping:
                     return "stopped"
+                if self.ended_early:
+                    break
         finally:
             self._hook("on_phase_end")
         return "done"
