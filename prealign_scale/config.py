@@ -83,7 +83,8 @@ class AlignConfig:
     stop_at_seen_acc: float | None = None
     # at the end of phase 1, warn when the last probe's seen retrieval (best layer) is below this
     warn_below_seen_acc: float = 0.9
-    # put the BOS id (bos_id) before every dictionary word, so the LM term covers every word token
+    # put the BOS id (bos_id) before every dictionary word, so the LM term covers every word token; off by
+    # default: on the real pair its effect on target perplexity was within the seed spread (docs/training.md)
     word_bos: bool = False
     bos_id: int | None = None  # null: the tokenizer's BOS token (data.tokenizer_dir), when word_bos is on
     entries_per_rank: int = 8  # dictionary entries per rank per micro-batch
