@@ -51,6 +51,9 @@ class AlignPhase(Phase):
                                            group=dp_group)
         table = AlignmentTable.load(cfg.data.table_dir)
         check_table_vocab(table, int(cfg.model.vocab_size))
+        if cfg.align.word_bos and cfg.align.bos_id is None:
+            raise ValueError("align.word_bos is on but align.bos_id is unresolved (load_config takes it from "
+                             "data.tokenizer_dir)")
         self.loader = DictionaryLoader(table, cfg.align.entries_per_rank, dp_rank=dp_rank,
                                        dp_world_size=dp_world_size, seed=cfg.run.seed, pad_id=0,
                                        max_word_tokens=cfg.model.seq_len,
