@@ -228,8 +228,7 @@ def test_phase_1_below_the_target_warns_what_to_do(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "WARNING: phase align ended at step 6 with seen retrieval 0.600 (best layer 1), below " \
            "align.warn_below_seen_acc=0.9" in err and "raise align.epochs" in err
-    [event] = [json.loads(x) for x in metrics.path.read_text().splitlines()]
-    assert (event["kind"], event["event"], event["step"]) == ("event", "align_below_target", 6)
+    assert not metrics.path.exists()  # the warning is for the console; metrics.jsonl keeps its records
     # reached: no warning; an LM phase: never; a stop for a signal: not the phase's end
     PhaseLoop(FakeEngine(), FakeAlignPhase(6), _align_cfg(steps=6, warn=0.5), LoopState(),
               [probe, AlignConvergence(_align_cfg(steps=6, warn=0.5), probe, metrics)]).run()

@@ -10,8 +10,8 @@ group (words of the table's align part), at the best layer; with several target 
   written to metrics.jsonl (``{"kind": "event", "event": "align_stop", ...}``); the checkpoint is saved as the
   phase's end (`callbacks.Checkpointing`), so phase 2 starts from it and a restart does not train it further.
 - ``align.warn_below_seen_acc: y`` (default 0.9): when phase 1 ends (all steps, or early), a WARNING if the
-  last probe's seen retrieval is below y, saying what to do (more ``align.epochs``), also written to
-  metrics.jsonl (``"event": "align_below_target"``); a note when no probe ran.
+  last probe's seen retrieval is below y, saying what to do (more ``align.epochs``), on the console (rank
+  0); a note when no probe ran. (Only the opt-in early end adds a line to metrics.jsonl.)
 
 Applies to phases with ``trains_alignment`` (phase 1). Every rank holds the same probe record, and the loop
 agrees the early end over the ranks anyway.
@@ -77,12 +77,12 @@ class AlignConvergence(Callback):
                       f"{self.probe_every}), so nobody checked how well it aligned the dictionary; set "
                       "run.probe_every > 0 to see the seen retrieval (aim for >= 0.9)")
             return
-        if seen[0] < self.warn_below:
-            self._event(loop, "align_below_target", f"WARNING: phase {loop.phase.name} ended at step "
+        if seen[0] < self.warn_below:  # console only: metrics.jsonl keeps its records as they were
+            self._say(f"WARNING: phase {loop.phase.name} ended at step "
                         f"{loop.state.step} with seen retrieval {seen[0]:.3f} (best layer {seen[1]}), below "
                         f"align.warn_below_seen_acc={self.warn_below:g}: the dictionary is not yet aligned. "
                         "Train phase 1 longer (raise align.epochs, or align.steps; optionally with "
-                        "align.stop_at_seen_acc to end it once aligned)", seen)
+                        "align.stop_at_seen_acc to end it once aligned)")
 
     def _event(self, loop, event: str, message: str, seen: tuple[float, int]) -> None:
         self._say(message)
