@@ -6,7 +6,8 @@ docs/training.md):
     model:  preset, vocab_size (null: from the shard manifest / table), seq_len (null: from the manifest),
             tp (null: the preset's default_tp), attention, init_hf (an HF folder to start from)
     data:   shard_dir, table_dir, tokenizer_dir, num_workers, skip_corrupt, verify_sha256
-    align:  phase 1 (alignment initialisation): steps, entries_per_rank, grad_accum, lr, tau, alpha, ...
+    align:  phase 1 (alignment initialisation): steps or epochs, stop_at_seen_acc, word_bos, entries_per_rank,
+            grad_accum, lr, tau, alpha, ...
     lm:     phase 2 (LM pretraining): steps, micro_batch_size, grad_accum, lr, doc_attention, ...
     run:    out_dir, seed, ds_config, phase, log_every, ckpt_every, keep_last, export_hf, ...
     dist:   timeout_minutes, backend
@@ -78,7 +79,19 @@ class DataConfig:
 
 @dataclass
 class AlignConfig:
-    steps: int = 0  # optimizer steps of phase 1; 0 skips the phase
+    steps: int = 0  # optimizer steps of phase 1; 0 skips the phase (unless epochs is set)
+    # passes over the align entries instead of steps: steps = ceil(epochs x steps per pass), derived by the
+    # resolution (engine/resolve_config.py) from the align entry count and the global entries per step
+    epochs: float | None = None
+    # end phase 1 as done when the in-training probe's seen retrieval accuracy (any layer) reaches this;
+    # needs run.probe_every > 0. null: run every step
+    stop_at_seen_acc: float | None = None
+    # at the end of phase 1, warn when the last probe's seen retrieval (best layer) is below this
+    warn_below_seen_acc: float = 0.9
+    # put the BOS id (bos_id) before every dictionary word, so the LM term covers every word token; off by
+    # default: on the real pair its effect on target perplexity was within the seed spread (docs/training.md)
+    word_bos: bool = False
+    bos_id: int | None = None  # null: the tokenizer's BOS token (data.tokenizer_dir), when word_bos is on
     entries_per_rank: int = 8  # dictionary entries per rank per micro-batch
     grad_accum: int | None = None  # null: 1, or derived from global_entries
     global_entries: int | None = None  # entries per optimizer step over all ranks (optional)
@@ -146,7 +159,7 @@ class Config:
     def phases(self) -> list[str]:
         """The phases this run trains, in order (a phase with 0 steps is skipped)."""
         wanted = ["align", "lm"] if self.run.phase == "all" else [self.run.phase]
-        return [p for p in wanted if getattr(self, p).steps > 0]
+        return [p for p in wanted if getattr(self, p).steps > 0 or (p == "align" and (self.align.epochs or 0) > 0)]
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section name -> its dataclass
@@ -223,7 +236,15 @@ def check_values(cfg: Config) -> list[str]:
         "align.steps", "lm.steps", "align.alpha", "align.weight_decay", "lm.weight_decay", "data.num_workers",
         "run.ckpt_every", "align.min_lr_ratio", "lm.min_lr_ratio", "run.probe_every", "run.max_bad_steps"),
         allow_zero=True)
-    problems += _positive(cfg, ("run.probe_pairs",))
+    problems += _positive(cfg, ("run.probe_pairs", "align.epochs"))
+    problems += _positive(cfg, ("align.bos_id",), allow_zero=True)
+    for key in ("align.stop_at_seen_acc", "align.warn_below_seen_acc"):
+        v = _value(cfg, key)
+        if v is not None and not 0.0 <= v <= 1.0:
+            problems.append(f"{key}: must be between 0 and 1, got {v!r}")
+    if cfg.align.stop_at_seen_acc is not None and cfg.run.probe_every <= 0:
+        problems.append(f"align.stop_at_seen_acc: {cfg.align.stop_at_seen_acc} needs the in-training probe "
+                        f"(run.probe_every > 0, got {cfg.run.probe_every}), which measures the seen retrieval")
     for key in ("align.warmup_frac", "lm.warmup_frac", "align.min_lr_ratio", "lm.min_lr_ratio"):
         if not 0.0 <= _value(cfg, key) <= 1.0:
             problems.append(f"{key}: must be between 0 and 1, got {_value(cfg, key)!r}")

@@ -382,3 +382,80 @@ def test_verify_sha256_needs_checksums_in_the_manifest(tmp_path, data):
         f"data.verify_sha256: true, but {manifest_path} records no sha256 for shards[3]; rebuild the shards or set "
         "data.verify_sha256=false")
     assert load_config(write_cfg(tmp_path, data, data={"verify_sha256": False}), world_size=2).data.verify_sha256 is False
+
+
+# --- phase 1: align.epochs, align.stop_at_seen_acc, align.word_bos ---------------------------------------------
+def _table(folder: Path, n: int, long_every: int = 0) -> Path:
+    folder.mkdir()
+    rows = [{"id": i, "words": [f"a{i}", f"b{i}"], "langs": ["en", "clone"],
+             "tokens": [[5] * (70 if long_every and i % long_every == 0 else 1), [405]]} for i in range(n)]
+    rows.append({"id": n, "words": ["h", "H"], "langs": ["en", "clone"], "tokens": [[6], [406]], "split": "heldout"})
+    (folder / "entries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "meta.json").write_text(json.dumps({"vocab_size": 800}))
+    return folder
+
+
+def test_align_epochs_derive_the_steps(tmp_path, data):
+    data["table"] = _table(tmp_path / "t50", 50)  # 50 align entries (+1 held out, not counted)
+    cfg = load_config(write_cfg(tmp_path, data, align={"steps": 0, "epochs": 2.0}), world_size=2)
+    assert cfg.align.steps == 6 and cfg.align.epochs == 2.0  # 50 // (8 x 2) = 3 steps per pass
+    assert cfg.phases() == ["align", "lm"]
+    cfg = load_config(write_cfg(tmp_path, data, align={"steps": 0, "epochs": 2.0, "global_entries": 32}),
+                      world_size=2)
+    assert (cfg.align.grad_accum, cfg.align.steps) == (2, 3)  # 32 entries per step: 3 passes' worth = 6 / 2
+    cfg = load_config(write_cfg(tmp_path, data, align={"steps": 0, "epochs": 0.5}), world_size=2)
+    assert cfg.align.steps == 2  # ceil(1.5)
+    # saved resolved (steps and epochs), the file loads again to the same steps
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml", world_size=2).align.steps == 2
+
+
+def test_align_epochs_count_only_the_words_that_fit(tmp_path, data):
+    data["table"] = _table(tmp_path / "t50", 50, long_every=2)  # 25 entries have a 70-token word > seq_len 64
+    cfg = load_config(write_cfg(tmp_path, data, align={"steps": 0, "epochs": 1.0}), world_size=1)
+    assert cfg.align.steps == 3  # 25 // 8
+
+
+def test_align_epochs_errors_name_the_key(tmp_path, data):
+    data["table"] = _table(tmp_path / "t50", 50)
+    msg = error_of(write_cfg(tmp_path, data, align={"steps": 5, "epochs": 2.0}), world_size=2)
+    assert msg.startswith("align.epochs: 2 passes over 50 entries at 16 entries per step = 6 steps, but "
+                          "align.steps=5; set only one of align.steps and align.epochs")
+    msg = error_of(write_cfg(tmp_path, data, align={"steps": 0, "epochs": 1.0, "global_entries": 64}), world_size=2)
+    assert msg.startswith("align.epochs: the align part of") and "fewer than one optimizer step" in msg
+    msg = error_of(write_cfg(tmp_path, data, align={"steps": 0, "epochs": -1.0}))
+    assert msg.startswith("align.epochs: must be > 0")
+
+
+def test_stop_at_seen_acc_needs_the_probe(tmp_path, data):
+    msg = error_of(write_cfg(tmp_path, data, align={"stop_at_seen_acc": 0.95}))
+    assert msg.startswith("align.stop_at_seen_acc: 0.95 needs the in-training probe (run.probe_every > 0")
+    cfg = load_config(write_cfg(tmp_path, data, align={"stop_at_seen_acc": 0.95}, run={"probe_every": 5}))
+    assert cfg.align.stop_at_seen_acc == 0.95 and cfg.align.warn_below_seen_acc == 0.9
+    msg = error_of(write_cfg(tmp_path, data, align={"warn_below_seen_acc": 1.5}))
+    assert msg == "align.warn_below_seen_acc: must be between 0 and 1, got 1.5"
+
+
+def _word_level_tokenizer(folder: Path, bos: bool) -> Path:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    folder.mkdir()
+    Tokenizer(WordLevel({"<unk>": 0, "<s>": 1, "a": 2}, unk_token="<unk>")).save(str(folder / "tokenizer.json"))
+    if bos:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "unk_token": "<unk>"}))
+    return folder
+
+
+def test_word_bos_takes_the_tokenizers_bos_or_fails_naming_the_key(tmp_path, data):
+    data["tok"] = _word_level_tokenizer(tmp_path / "tok_bos", bos=True)
+    cfg = load_config(write_cfg(tmp_path, data, align={"word_bos": True}))
+    assert cfg.align.word_bos is True and cfg.align.bos_id == 1
+    assert load_config(write_cfg(tmp_path, data)).align.bos_id is None  # off: nothing resolved
+    data["tok"] = _word_level_tokenizer(tmp_path / "tok_none", bos=False)
+    msg = error_of(write_cfg(tmp_path, data, align={"word_bos": True}))
+    assert msg.startswith("align.word_bos: true, but the tokenizer") and "has no BOS token" in msg
+    cfg = load_config(write_cfg(tmp_path, data, align={"word_bos": True, "bos_id": 2}))  # a document-start id
+    assert cfg.align.bos_id == 2
+    msg = error_of(write_cfg(tmp_path, data, align={"word_bos": True, "bos_id": 900}))
+    assert msg == "align.bos_id: 900 is not below model.vocab_size 800"

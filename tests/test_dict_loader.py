@@ -178,3 +178,52 @@ def test_too_small_table_is_an_error():
     table = make_table(7)
     with pytest.raises(ValueError, match=r"'align' has 7 entries, fewer than one global step of .* = 8"):
         DictionaryLoader(table, 4, dp_rank=0, dp_world_size=2, seed=0, pad_id=PAD)
+
+
+# --- align.word_bos: a BOS before every word ------------------------------------------------------------------
+BOS = 3
+
+
+def test_collate_words_with_bos_exact():
+    """[bos, w1..wn] rows: positions 0..n, every word token a target, word_mask = the word's tokens only."""
+    e1 = Entry(id=7, words=("a", "b"), langs=("en", "xx"), tokens=((11, 12, 13), (21,)))
+    e2 = Entry(id=9, words=("c", "d"), langs=("en", "xx"), tokens=((31, 32), (41,)))
+    b = collate_words([e1, e2], pad_id=PAD, bos_id=BOS)
+    assert b["input_ids"].tolist() == [[3, 11, 12, 13], [3, 21, 0, 0], [3, 31, 32, 0], [3, 41, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3]] * 4
+    assert b["targets"].tolist() == [
+        [11, 12, 13, -100],
+        [21, -100, -100, -100],
+        [31, 32, -100, -100],
+        [41, -100, -100, -100],
+    ]
+    assert b["attention_mask"].tolist() == [[True] * 4, [True, True, False, False], [True, True, True, False],
+                                            [True, True, False, False]]
+    assert b["word_mask"].tolist() == [[False, True, True, True], [False, True, False, False],
+                                       [False, True, True, False], [False, True, False, False]]
+    assert b["lengths"].tolist() == [4, 2, 3, 2]  # input tokens, the BOS included
+    assert b["entry_ids"].tolist() == [7, 7, 9, 9]
+
+
+def test_with_bos_every_word_token_is_an_lm_target_and_without_only_the_later_ones():
+    loader = DictionaryLoader(make_table(40), 6, dp_rank=0, dp_world_size=1, seed=3, pad_id=PAD, bos_id=BOS)
+    plain = DictionaryLoader(make_table(40), 6, dp_rank=0, dp_world_size=1, seed=3, pad_id=PAD)
+    for b, p in zip(take(loader, 5), take(plain, 5)):
+        word_tokens = int(p["lengths"].sum())
+        assert int((b["targets"] != -100).sum()) == word_tokens == int(b["word_mask"].sum())
+        assert int((p["targets"] != -100).sum()) == word_tokens - len(p["lengths"])  # no loss on a first token
+        assert torch.equal(b["targets"][b["targets"] != -100], b["input_ids"][b["word_mask"]])  # the words' ids
+        assert torch.equal(p["word_mask"], p["attention_mask"])  # without BOS: every real token is the word
+        assert torch.equal(b["input_ids"][b["word_mask"]], p["input_ids"][p["word_mask"]])  # same words, same order
+
+
+def test_bos_row_counts_against_max_word_tokens_and_is_in_the_state_fingerprint():
+    table = make_table(30)  # words of up to 3 tokens
+    plain = DictionaryLoader(table, 2, dp_rank=0, dp_world_size=1, seed=0, pad_id=PAD, max_word_tokens=3)
+    bos = DictionaryLoader(table, 2, dp_rank=0, dp_world_size=1, seed=0, pad_id=PAD, max_word_tokens=3,
+                           bos_id=BOS)
+    assert plain.dropped_entries == 0
+    assert bos.dropped_entries == sum(1 for e in table.entries if max(map(len, e.tokens)) == 3)
+    with pytest.raises(ValueError, match="bos_id"):
+        DictionaryLoader(table, 2, dp_rank=0, dp_world_size=1, seed=0, pad_id=PAD).load_state_dict(
+            DictionaryLoader(table, 2, dp_rank=0, dp_world_size=1, seed=0, pad_id=PAD, bos_id=BOS).state_dict())

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from prealign_scale import dist as pdist
 from prealign_scale.config import PHASES, Config
+from prealign_scale.engine.align_convergence import AlignConvergence, seen_retrieval
 from prealign_scale.engine.callback import Callback
 from prealign_scale.engine.callbacks import Checkpointing, MetricsFile, Preemption, StepBudget, Throughput
 from prealign_scale.engine.loop import LoopState, PhaseLoop, describe_stop
@@ -41,7 +42,7 @@ class FakeEngine:
 class FakePhase:
     """`total_steps` steps of 2 micro-batches of 10 tokens; the loss is the step number."""
 
-    name, grad_accum = "lm", 2
+    name, grad_accum, trains_alignment = "lm", 2, False
     section = staticmethod(phase_class("lm").section)
 
     def __init__(self, total_steps: int):
@@ -167,3 +168,104 @@ def test_phase_registry_matches_the_phase_classes_and_config():
     cfg.align.entries_per_rank, cfg.lm.micro_batch_size = 8, 3
     assert [phase_class(n).micro_batch_size(cfg) for n in PHASE_NAMES] == [8, 3]
     assert [phase_class(n).allows_recompute for n in PHASE_NAMES] == [False, True]
+
+
+# --- phase 1's convergence: align.stop_at_seen_acc and the end-of-phase warning ---------------------------------
+class FakeAlignPhase(FakePhase):
+    name, trains_alignment = "align", True
+    section = staticmethod(phase_class("align").section)
+
+
+class FakeProbe(Callback):
+    """Probes at step 0 and every 2 steps: seen accuracy per layer from `seen(step)`, unseen always 0.99."""
+
+    def __init__(self, seen):
+        self.seen, self.latest = seen, None
+
+    def on_phase_start(self, loop):
+        self.post_step(loop, {})
+
+    def post_step(self, loop, record):
+        s = loop.state.step
+        if s % 2 == 0:
+            self.latest = {"kind": "probe", "phase": loop.phase.name, "step": s,
+                           "probe_seen_acc": [0.1, self.seen(s), None], "probe_unseen_acc": [0.99, 0.99, 0.99]}
+
+
+def _align_cfg(steps=10, stop=None, warn=0.9):
+    cfg = Config()
+    cfg.align.steps, cfg.align.warmup_frac, cfg.align.stop_at_seen_acc = steps, 0.0, stop
+    cfg.align.warn_below_seen_acc, cfg.run.probe_every = warn, 2
+    return cfg
+
+
+def test_seen_retrieval_takes_the_best_layer_and_the_worst_language():
+    assert seen_retrieval({"probe_seen_acc": [0.2, None, 0.7], "probe_unseen_acc": [1.0]}) == (0.7, 2)
+    assert seen_retrieval({"probe_seen_de_acc": [0.2, 0.97], "probe_seen_fr_acc": [0.91, None]}) == (0.91, 0)
+    assert seen_retrieval({"probe_unseen_acc": [1.0]}) is None and seen_retrieval(None) is None
+
+
+def test_stop_at_seen_acc_ends_phase_1_as_done(tmp_path, capsys):
+    from prealign_scale.engine.checkpoint import CheckpointInfo
+    from prealign_scale.engine.run import plan_phase
+
+    cfg = _align_cfg(stop=0.95)
+    metrics, ckpt, log = MetricsFile(tmp_path / "metrics.jsonl", every=100), FakeCheckpoints(), []
+    probe = FakeProbe(lambda s: {0: 0.0, 2: 0.5, 4: 0.96}.get(s, 1.0))  # unseen is 0.99 from the start
+    callbacks = [probe, metrics, Recorder(log), AlignConvergence(cfg, probe, metrics), Preemption(),
+                 Checkpointing(ckpt, 0)]
+    loop = PhaseLoop(FakeEngine(), FakeAlignPhase(10), cfg, LoopState(), callbacks)
+    assert loop.run() == "done" and loop.ended_early and loop.state.step == 4
+    assert [(s[0], s[1], s[2]) for s in ckpt.saved] == [("align", 4, 4)]  # saved as the phase's end
+    assert log[-2:] == [("end_step", 4, True), ("on_phase_end", 4)]
+    events = [json.loads(x) for x in metrics.path.read_text().splitlines()]
+    assert [(e["event"], e["step"], e["seen_acc"], e["seen_layer"]) for e in events] == [("align_stop", 4, 0.96, 1)]
+    err = capsys.readouterr().err
+    assert "seen retrieval 0.960 (layer 1) >= align.stop_at_seen_acc=0.95" in err and "WARNING" not in err
+    # resume: phase 1 is done (skipped), phase 2 starts from its weights
+    info = CheckpointInfo(tag="align-step00000004", phase="align", step=4, phase_steps=4)
+    cfg.lm.steps = 3
+    assert plan_phase("align", info, cfg) == ("skip", None)
+    assert plan_phase("lm", info, cfg) == ("from_weights", info)
+
+
+def test_phase_1_below_the_target_warns_what_to_do(tmp_path, capsys):
+    cfg = _align_cfg(steps=6)
+    metrics = MetricsFile(tmp_path / "metrics.jsonl", every=100)
+    probe = FakeProbe(lambda s: 0.1 * s)
+    loop = PhaseLoop(FakeEngine(), FakeAlignPhase(6), cfg, LoopState(),
+                     [probe, AlignConvergence(cfg, probe, metrics)])
+    assert loop.run() == "done" and not loop.ended_early and loop.state.step == 6
+    err = capsys.readouterr().err
+    assert "WARNING: phase align ended at step 6 with seen retrieval 0.600 (best layer 1), below " \
+           "align.warn_below_seen_acc=0.9" in err and "raise align.epochs" in err
+    assert not metrics.path.exists()  # the warning is for the console; metrics.jsonl keeps its records
+    # reached: no warning; an LM phase: never; a stop for a signal: not the phase's end
+    PhaseLoop(FakeEngine(), FakeAlignPhase(6), _align_cfg(steps=6, warn=0.5), LoopState(),
+              [probe, AlignConvergence(_align_cfg(steps=6, warn=0.5), probe, metrics)]).run()
+    cfg.lm.steps = 6
+    PhaseLoop(FakeEngine(), FakePhase(6), cfg, LoopState(), [probe, AlignConvergence(cfg, probe, metrics)]).run()
+    pre = Preemption()
+    pre.received = "SIGTERM"
+    assert PhaseLoop(FakeEngine(), FakeAlignPhase(6), cfg, LoopState(),
+                     [probe, AlignConvergence(cfg, probe, metrics), pre]).run() == "stopped"
+    assert capsys.readouterr().err == ""
+
+
+def test_phase_1_without_a_probe_gets_a_note_and_no_early_end(tmp_path, capsys):
+    cfg = _align_cfg(steps=3)
+    cfg.run.probe_every = 0
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    loop = PhaseLoop(FakeEngine(), FakeAlignPhase(3), cfg, LoopState(), [AlignConvergence(cfg, None, metrics)])
+    assert loop.run() == "done" and loop.state.step == 3
+    assert "note: phase align ended without an alignment probe (run.probe_every=0)" in capsys.readouterr().err
+
+
+def test_a_stale_probe_does_not_end_the_phase():
+    """Only a probe of the current step decides (after a resume the probe's record is from an older step)."""
+    cfg = _align_cfg(steps=5, stop=0.5)
+    probe = FakeProbe(lambda s: 1.0)
+    probe.latest = {"step": 0, "probe_seen_acc": [1.0]}
+    conv = AlignConvergence(cfg, probe, None)
+    loop = PhaseLoop(FakeEngine(), FakeAlignPhase(5), cfg, LoopState(step=1), [conv])
+    assert loop.run() == "done" and loop.state.step == 5 and not loop.ended_early

@@ -15,18 +15,19 @@ pytestmark = pytest.mark.slow
 
 
 # (alignment loss, LM loss) implementations: the blockwise alignment loss with megatron's vocab-parallel
-# cross-entropy, and the naive alignment loss with the fused linear cross-entropy head (ZeRO-3 external weight)
-IMPLS = [("chunked", "megatron"), ("naive", "chunked")]
+# cross-entropy, and the naive alignment loss with the fused linear cross-entropy head (ZeRO-3 external weight);
+# the third value: align.word_bos (a BOS before every dictionary word)
+IMPLS = [("chunked", "megatron", False), ("naive", "chunked", False), ("chunked", "megatron", True)]
 
 
-@pytest.fixture(scope="module", params=IMPLS, ids=lambda p: f"align-{p[0]}-lm-{p[1]}")
+@pytest.fixture(scope="module", params=IMPLS, ids=lambda p: f"align-{p[0]}-lm-{p[1]}" + ("-bos" if p[2] else ""))
 def report(request, tmp_path_factory, tiny_data):
-    align_impl, lm_impl = request.param
+    align_impl, lm_impl, word_bos = request.param
     root = tmp_path_factory.mktemp("losses")
     # multi-token words in entries of 2 or 3 words: ranks hold different word counts, words have LM targets
     data = {**tiny_data, "table": write_multiword_table(root / "mw_table", vocab_size=800)}
     config = write_run_config(root / "cfg.yaml", data, root / "run",
-                              align={"grad_accum": 2, "alpha": 1.0, "loss_impl": align_impl},
+                              align={"grad_accum": 2, "alpha": 1.0, "loss_impl": align_impl, "word_bos": word_bos},
                               lm={"lm_loss_impl": lm_impl})
     rank0, _ = run_distributed_test(check_losses.check, world_size=2, init_process_group=False, timeout=300,
                                     func_args=(str(config),))
@@ -38,6 +39,8 @@ def test_alignment_phase_matches_single_process(report):
     assert r["partitioned"] and r["n_params"] == 2 + 2 * 6 + 1  # each rank holds half of every parameter
     assert r["words_per_rank"][0] != r["words_per_rank"][1] or r["words_per_rank"][2] != r["words_per_rank"][3]
     assert r["lm_tokens"] > 0 and r["n_layers"] == 2 + 2  # tiny: 2 blocks -> n_layers + 2 word vectors
+    # every word token is an LM target with a BOS before the word; without it, all but each word's first
+    assert r["lm_tokens"] == r["word_tokens"] - (0 if r["word_bos"] else r["words"])
     assert r["engine_align"] == pytest.approx(r["ref_align"], rel=1e-6)
     assert r["engine_lm"] == pytest.approx(r["ref_lm"], rel=1e-6)
     assert r["engine_loss"] == pytest.approx(r["ref_loss"], rel=1e-6)

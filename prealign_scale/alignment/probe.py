@@ -158,10 +158,12 @@ def score_group(src_vecs: Tensor, tgt_vecs: Tensor, links: list[tuple[int, int]]
     return {"pairs": len(links), "sources": n, "candidates": m, "chance": 1.0 / m, **res}
 
 
-def run_probe(view: ModelView, probe: ProbeSet, batch_size: int = 256, pad_id: int = 0) -> dict:
+def run_probe(view: ModelView, probe: ProbeSet, batch_size: int = 256, pad_id: int = 0,
+              bos_id: int | None = None) -> dict:
     """Score every group of `probe` on the model: ``{"layers": [...], "groups": {name: {...per layer...}}}``.
 
-    Each distinct token sequence runs through the model once (in eval mode, without gradients).
+    Each distinct token sequence runs through the model once (in eval mode, without gradients); `bos_id`:
+    after this id (phase 1's ``align.word_bos``), which the vectors do not pool.
     """
     seqs: dict[tuple[int, ...], int] = {}
     indexed = {}
@@ -174,7 +176,7 @@ def run_probe(view: ModelView, probe: ProbeSet, batch_size: int = 256, pad_id: i
     if was_training:
         view.model.eval()
     try:
-        vecs = pooled_vectors(view, list(seqs), batch_size, pad_id)
+        vecs = pooled_vectors(view, list(seqs), batch_size, pad_id, bos_id)
     finally:
         if was_training:
             view.model.train()

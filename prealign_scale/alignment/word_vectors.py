@@ -53,12 +53,19 @@ def batch_vectors(view: ModelView, ids: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def pooled_vectors(view: ModelView, seqs: Sequence[Sequence[int]], batch_size: int = 64,
-                   pad_id: int = 0) -> Tensor:
-    """Mean-pooled vectors of every probe layer for each sequence: fp32 [num_layers + 2, n, h] on the CPU."""
+                   pad_id: int = 0, bos_id: int | None = None) -> Tensor:
+    """Mean-pooled vectors of every probe layer for each sequence: fp32 [num_layers + 2, n, h] on the CPU.
+
+    `bos_id`: run each sequence after this id (as phase 1 does with ``align.word_bos``); the vectors still
+    pool only the sequence's own tokens."""
+    if bos_id is not None:
+        seqs = [(bos_id, *s) for s in seqs]
     check_ids(view, seqs)
     out: Tensor | None = None
     for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask = pad_right([seqs[i] for i in idx], pad_id, view.device)
+        if bos_id is not None:
+            mask[:, 0] = False  # the BOS is context, not part of the word
         vecs = batch_vectors(view, ids, mask).cpu()
         if out is None:
             out = torch.empty(vecs.shape[0], len(seqs), vecs.shape[2], dtype=torch.float32)

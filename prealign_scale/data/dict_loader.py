@@ -6,9 +6,12 @@ takes entries ``perm[k*G : (k+1)*G]`` with ``G = entries_per_rank * dp_world_siz
 its contiguous slice ``[r*entries_per_rank : (r+1)*entries_per_rank]`` of them. An epoch ends when fewer
 than ``G`` entries remain (those are dropped for that epoch). Iteration is infinite over epochs.
 
-Each word is one row: its mid-sentence tokens (no BOS), right-padded with ``pad_id`` to the longest word of
-this rank's batch, position ids 0.. for every word (independent of the batch), and next-token targets inside
-the word (the LM loss of phase 1). Entries have 2 words (pairs) or more (multi-entries), so the number of
+Each word is one row: its mid-sentence tokens, right-padded with ``pad_id`` to the longest row of this
+rank's batch, position ids 0.. for every row (independent of the batch), and next-token targets inside the
+row (the LM loss of phase 1). Without ``bos_id`` a row is the word alone, so a word's first token has no
+loss (a one-token word none at all); with ``bos_id`` (``align.word_bos``) the row is ``[bos, w1 .. wn]``
+(BOS at position 0, the word at 1..n) and every word token is a target: n LM loss tokens per word.
+``word_mask`` marks the word's own tokens (never the BOS): the word vectors pool over it. Entries have 2 words (pairs) or more (multi-entries), so the number of
 rows differs between ranks and steps: the engine pads word vectors before its all_gather.
 
 A change of data-parallel size (elastic resume, :meth:`DictionaryLoader.load_remapped_state`): the position is
@@ -33,20 +36,24 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
 
 
-def collate_words(entries: list[Entry], pad_id: int) -> dict:
-    """Entries -> one row per word (the batch layout documented in the module docstring)."""
+def collate_words(entries: list[Entry], pad_id: int, bos_id: int | None = None) -> dict:
+    """Entries -> one row per word (the batch layout documented in the module docstring); `bos_id`: put it
+    before every word."""
     words = [(e.id, lang, toks) for e in entries for lang, toks in zip(e.langs, e.tokens)]
-    lengths = torch.tensor([len(t) for _, _, t in words], dtype=torch.long)
+    lead = 0 if bos_id is None else 1  # positions before the word's first token
+    lengths = torch.tensor([lead + len(t) for _, _, t in words], dtype=torch.long)
     n, max_len = len(words), int(lengths.max()) if words else 0
     input_ids = torch.full((n, max_len), pad_id, dtype=torch.long)
     targets = torch.full((n, max_len), IGNORE_INDEX, dtype=torch.long)
     for i, (_, _, toks) in enumerate(words):
-        row = torch.tensor(toks, dtype=torch.long)
-        input_ids[i, : len(toks)] = row
-        targets[i, : len(toks) - 1] = row[1:]  # next token within the word; none after its last token
+        row = torch.tensor(([bos_id] if lead else []) + list(toks), dtype=torch.long)
+        input_ids[i, : len(row)] = row
+        targets[i, : len(row) - 1] = row[1:]  # next token within the row; none after its last token
+    positions = torch.arange(max_len)[None, :]
     return {
         "input_ids": input_ids,
-        "attention_mask": torch.arange(max_len)[None, :] < lengths[:, None],
+        "attention_mask": positions < lengths[:, None],
+        "word_mask": (positions >= lead) & (positions < lengths[:, None]),
         "position_ids": torch.arange(max_len, dtype=torch.long).expand(n, max_len),
         "targets": targets,
         "entry_ids": torch.tensor([eid for eid, _, _ in words], dtype=torch.long),
@@ -59,13 +66,15 @@ class DictionaryLoader:
     """Infinite, exactly resumable iterator of dictionary batches for one data-parallel rank.
 
     Yields dicts: ``input_ids`` LongTensor [n_words, max_len] right-padded with ``pad_id``,
-    ``attention_mask`` BoolTensor (True = real token), ``position_ids`` (0..max_len-1 on every row),
+    ``attention_mask`` BoolTensor (True = real token, the BOS included), ``word_mask`` BoolTensor (True = a
+    token of the word itself: what the word vectors pool), ``position_ids`` (0..max_len-1 on every row),
     ``targets`` (next token inside the word, -100 on padding and on each word's last token),
     ``entry_ids`` LongTensor [n_words] (global entry ids: positives match across ranks), ``word_langs``
     list[str], ``lengths`` LongTensor [n_words]. ``n_words`` and ``max_len`` vary between ranks and steps.
 
-    ``max_word_tokens``: entries with a word longer than this are left out of the part (counted in
-    ``dropped_entries``) rather than truncated, so that a word vector always covers the whole word.
+    ``max_word_tokens``: entries with a row (the BOS included) longer than this are left out of the part
+    (counted in ``dropped_entries``) rather than truncated, so that a word vector always covers the whole word.
+    ``bos_id``: put this id before every word (``align.word_bos``); None: words alone.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class DictionaryLoader:
         pad_id: int,
         split: str = ALIGN,
         max_word_tokens: int | None = None,
+        bos_id: int | None = None,
     ):
         if entries_per_rank < 1:
             raise ValueError(f"entries_per_rank must be >= 1, got {entries_per_rank}")
@@ -90,13 +100,14 @@ class DictionaryLoader:
             raise ValueError(f"max_word_tokens must be >= 1 or None, got {max_word_tokens}")
         part = table.part(split)
         if max_word_tokens is not None:
-            kept = [e for e in part if max(len(t) for t in e.tokens) <= max_word_tokens]
+            limit = max_word_tokens - (0 if bos_id is None else 1)
+            kept = [e for e in part if max(len(t) for t in e.tokens) <= limit]
         else:
             kept = part
         self.dropped_entries = len(part) - len(kept)
         self.entries = kept
         self.entries_per_rank, self.dp_rank, self.dp_world_size = entries_per_rank, dp_rank, dp_world_size
-        self.seed, self.pad_id, self.split = seed, pad_id, split
+        self.seed, self.pad_id, self.split, self.bos_id = seed, pad_id, split, bos_id
         self.global_entries = entries_per_rank * dp_world_size
         self.steps_per_epoch = len(kept) // self.global_entries
         if self.steps_per_epoch < 1:
@@ -118,7 +129,7 @@ class DictionaryLoader:
     def _take(self, perm: np.ndarray, step: int) -> dict:
         start = step * self.global_entries + self.dp_rank * self.entries_per_rank
         return collate_words(
-            [self.entries[i] for i in perm[start : start + self.entries_per_rank]], self.pad_id
+            [self.entries[i] for i in perm[start : start + self.entries_per_rank]], self.pad_id, self.bos_id
         )
 
     def _fingerprint(self) -> dict:
@@ -128,6 +139,7 @@ class DictionaryLoader:
             "entries_per_rank": self.entries_per_rank,
             "entries": len(self.entries),
             "split": self.split,
+            "bos_id": self.bos_id,
         }
 
     def state_dict(self) -> dict:

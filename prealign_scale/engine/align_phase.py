@@ -3,7 +3,7 @@
 This module handles the batches and the model forward: one optimizer step = `grad_accum` micro-batches;
 each micro-batch is `entries_per_rank` dictionary entries on every data-parallel rank (one row per word;
 word counts differ between ranks). The model runs on the words (plain causal attention: words are
-right-padded, so no real token ever sees a pad), giving per-token LM losses and, through the hidden-state
+right-padded, so no real token ever sees a pad; with ``align.word_bos`` each word follows a BOS), giving per-token LM losses and, through the hidden-state
 taps (:mod:`prealign_scale.model.taps`), the per-layer word vectors
 (:mod:`prealign_scale.alignment.word_vectors`). The objective itself (gather over ranks, global
 normalisation, the alpha mix) is :mod:`prealign_scale.alignment.objective`.
@@ -29,6 +29,7 @@ from prealign_scale.model.taps import UNEMBED_ATTR, HiddenStateTaps
 class AlignPhase(Phase):
     name = "align"
     uses_word_vectors = True
+    trains_alignment = True  # align.stop_at_seen_acc and the end-of-phase warning (align_convergence.py)
     # Never recomputes: its word vectors come from hooks inside the blocks, and a recomputed block produces its
     # forward output without autograd history (and dictionary words are short anyway).
     allows_recompute = False
@@ -50,9 +51,13 @@ class AlignPhase(Phase):
                                            group=dp_group)
         table = AlignmentTable.load(cfg.data.table_dir)
         check_table_vocab(table, int(cfg.model.vocab_size))
+        if cfg.align.word_bos and cfg.align.bos_id is None:
+            raise ValueError("align.word_bos is on but align.bos_id is unresolved (load_config takes it from "
+                             "data.tokenizer_dir)")
         self.loader = DictionaryLoader(table, cfg.align.entries_per_rank, dp_rank=dp_rank,
                                        dp_world_size=dp_world_size, seed=cfg.run.seed, pad_id=0,
-                                       max_word_tokens=cfg.model.seq_len)
+                                       max_word_tokens=cfg.model.seq_len,
+                                       bos_id=cfg.align.bos_id if cfg.align.word_bos else None)
         self._it = None
         self.taps = HiddenStateTaps(engine.module)
         self.unembed = getattr(engine.module, UNEMBED_ATTR)
@@ -86,7 +91,7 @@ class AlignPhase(Phase):
     def micro_loss(self, batch: dict, ctx: dict) -> tuple[Tensor, dict]:
         dev = self.device
         ids, pos = batch["input_ids"].to(dev), batch["position_ids"].to(dev)
-        targets, mask = batch["targets"].to(dev), batch["attention_mask"].to(dev)
+        targets, mask = batch["targets"].to(dev), batch["word_mask"].to(dev)  # the word's tokens, never BOS
         entry = batch["entry_ids"].to(dev)
         loss_mask = targets != IGNORE_INDEX
         # forward: per-token LM losses of the words; the taps keep the hidden states of every layer
@@ -96,7 +101,7 @@ class AlignPhase(Phase):
             raise RuntimeError("alignment phase: a hooked hidden state has no autograd history (activation "
                                "recomputation inside the blocks?); phase 1 must run without recomputation")
         rows = self.unembed(ids)  # [n, s, h] unembedding rows (ZeRO-3 gathers the weight for this module)
-        vectors = word_vectors(self.taps.batch_first(), rows, mask)  # [L, n, h] mean over each word's tokens
+        vectors = word_vectors(self.taps.batch_first(), rows, mask)  # [L, n, h] mean over each word's own tokens
         self.taps.states = []
         lm_sum = (per_token.float() * loss_mask).sum()
         return self.objective.micro_loss(vectors, entry, lm_sum, ctx["lm_tokens"])

@@ -15,7 +15,11 @@ Per phase, in this order:
                                   received``), else None; the first reason ends the question (later callbacks
                                   are not asked), and the loop agrees across ranks (all-reduce, then every
                                   rank's reason is gathered so rank 0 can name it)
-      end_step(loop, stopping)    after that agreement: where a checkpoint is saved
+      should_end_phase(loop)      -> bool: the phase reached its goal early (e.g. phase 1's alignment): end it
+                                  now, as DONE (the next phase follows); agreed across ranks in the same
+                                  all-reduce as should_stop; the loop then sets ``loop.ended_early``
+      end_step(loop, stopping)    after that agreement: where a checkpoint is saved (`stopping` is also True
+                                  when the phase ends early)
     on_phase_end(loop)            always: after the last step, a stop, or an error
 close()                           once, when the run ends (run.py)
 
@@ -44,6 +48,9 @@ class Callback:
 
     def should_stop(self, loop) -> str | None:
         return None
+
+    def should_end_phase(self, loop) -> bool:
+        return False
 
     def end_step(self, loop, stopping: bool) -> None:
         pass

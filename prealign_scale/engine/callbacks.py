@@ -320,7 +320,9 @@ class StepBudget(Callback):
 
 class Checkpointing(Callback):
     """Saves a checkpoint every `run.ckpt_every` steps (0: never in the middle), at the phase end, and when the
-    ranks agreed to stop; with the data position and the token count, so a resume continues exactly."""
+    ranks agreed to stop; with the data position and the token count, so a resume continues exactly. A phase
+    ended early (``loop.ended_early``) is saved with ``phase_steps`` = its step, i.e. as done: the next phase
+    starts from it and a restart does not train it further."""
 
     def __init__(self, ckpt: CheckpointManager, every: int):
         self.ckpt, self.every = ckpt, every
@@ -330,5 +332,5 @@ class Checkpointing(Callback):
         due = self.every > 0 and step % self.every == 0
         if stopping or due or step == loop.phase.total_steps:
             self.ckpt.save(loop.engine, loop.cfg, phase=loop.phase.name, step=step,
-                           phase_steps=loop.phase.total_steps,
+                           phase_steps=step if loop.ended_early else loop.phase.total_steps,
                            train_state={"loader": loop.phase.loader_state(), "tokens": loop.state.tokens})

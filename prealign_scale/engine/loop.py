@@ -7,8 +7,10 @@ One optimizer step: fetch every micro-batch of the step first (so the token coun
 known before the first backward), set the learning rate for this step (from the phase's config section),
 then forward/backward each micro-batch; DeepSpeed's ``engine.step()`` applies the update on the last one.
 After the step: the callbacks see the step's record (metrics, probe), then the stop flag (pre-emption signal
-or the per-process step budget) is agreed across ranks with an all-reduce (when a rank stops, every rank's
-reason is gathered: `stop_reasons`, `describe_stop`), then a checkpoint if one is due.
+or the per-process step budget) and the end-of-phase flag (the phase reached its goal early, e.g. phase 1's
+seen retrieval) are agreed across ranks with one all-reduce (when a rank stops, every rank's reason is then
+gathered: `stop_reasons`, `describe_stop`), then a checkpoint if one is due (an early end saves the phase as
+done).
 """
 
 from __future__ import annotations
@@ -32,20 +34,21 @@ class LoopState:
     tokens: int = 0  # input tokens seen in this phase, all ranks
 
 
-def _agree_stop(reason: str | None) -> list[str | None] | None:
-    """None when no rank wants to stop; else every rank's reason, by rank (None: that rank did not ask).
+def _agree_stop(reason: str | None, end_phase: bool = False) -> tuple[list[str | None] | None, bool]:
+    """(every rank's stop reason by rank, or None when no rank wants to stop; whether any rank ends the phase).
 
-    One all-reduce per step; the reasons are gathered only when some rank stops, so rank 0 can report the
-    real cause (e.g. a signal that reached rank 3 only)."""
-    t = torch.tensor([0.0 if reason is None else 1.0])
+    One all-reduce per step for both flags; the reasons are gathered only when some rank stops, so rank 0 can
+    report the real cause (e.g. a signal that reached rank 3 only)."""
+    t = torch.tensor([0.0 if reason is None else 1.0, 1.0 if end_phase else 0.0])
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    if t.item() == 0:
-        return None
+    stop, end = (bool(x > 0) for x in t.tolist())
+    if not stop:
+        return None, end
     reasons: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(reasons, reason)
-    return reasons
+    return reasons, end
 
 
 def describe_stop(reasons: list[str | None]) -> str:
@@ -72,13 +75,15 @@ class PhaseLoop:
         self.callbacks = callbacks
         self.step_tokens = 0  # input tokens of the latest step, all ranks
         self.stop_reasons: list[str | None] | None = None  # every rank's reason, once the ranks agreed to stop
+        self.ended_early = False  # the ranks agreed to end the phase early, as done (a should_end_phase)
 
     def _hook(self, name: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, name)(self, *args)
 
     def run(self) -> str:
-        """Returns "done", or "stopped" (pre-empted / step budget used; the checkpoint is saved)."""
+        """Returns "done" (also when a callback ended the phase early: ``ended_early``), or "stopped"
+        (pre-empted / step budget used; the checkpoint is saved)."""
         p = self.phase.section(self.cfg)
         engine, phase, state = self.engine, self.phase, self.state
         engine.train()
@@ -106,11 +111,14 @@ class PhaseLoop:
                 record = {"phase": phase.name, "step": state.step, "tokens": state.tokens, **values, "lr": lr}
                 self._hook("post_step", record)  # throughput, metrics, progress, probe
                 reason = next((r for cb in self.callbacks if (r := cb.should_stop(self))), None)
-                self.stop_reasons = _agree_stop(reason)
+                wants_end = any(cb.should_end_phase(self) for cb in self.callbacks)
+                self.stop_reasons, self.ended_early = _agree_stop(reason, wants_end)
                 stopping = self.stop_reasons is not None
-                self._hook("end_step", stopping)  # the checkpoint
+                self._hook("end_step", stopping or self.ended_early)  # the checkpoint
                 if stopping:
                     return "stopped"
+                if self.ended_early:
+                    break
         finally:
             self._hook("on_phase_end")
         return "done"

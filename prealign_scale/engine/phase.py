@@ -8,6 +8,8 @@ Before the engine exists (class level, used by `deepspeed_setup.build_engine` an
     micro_batch_size(cfg)              rows per micro-batch and rank (DeepSpeed's train_micro_batch_size_per_gpu)
     uses_word_vectors                  whether its loss needs the unembedding rows (`hidden_states.py`)
     allows_recompute                   whether megatron's activation recomputation may be on
+    trains_alignment                   whether its goal is the word alignment the probe measures (phase 1:
+                                       align.stop_at_seen_acc and the end-of-phase warning apply to it)
     prepare_model(model, cfg)          the phase's additions to the model, before deepspeed.initialize
 
 On the engine (an instance: ``cls(cfg, engine, dp_rank=, dp_world_size=, dp_group=)``):
@@ -35,6 +37,7 @@ class Phase:
     name: str
     uses_word_vectors = False
     allows_recompute = True
+    trains_alignment = False
 
     @staticmethod
     def section(cfg: Config):

@@ -6,8 +6,9 @@
 2. the pure value checks (prealign_scale.config.check_values): the first problem is the ConfigError;
 3. resolution (`resolve_config`): the model preset (tensor-parallel default and split, Transformer Engine),
    the DeepSpeed config (no batch keys), the shard manifest (data/shard_format.Manifest), the alignment
-   table's meta.json, the tokenizer folder and ``model.init_hf``. Derived values (model.tp, model.vocab_size,
-   model.seq_len, align/lm grad_accum) go into a new Config (``dataclasses.replace``); the input is unchanged.
+   table's meta.json and entries (align.epochs), the tokenizer folder (and its BOS id for align.word_bos) and
+   ``model.init_hf``. Derived values (model.tp, model.vocab_size, model.seq_len, align/lm grad_accum,
+   align.steps from align.epochs, align.bos_id) go into a new Config (``dataclasses.replace``); the input is unchanged.
 
 What would otherwise fail only after start-up is checked here too, each as one line naming the key and the
 file: every shard the manifest lists exists; the alignment table has at least one phase-1 step of align
@@ -163,6 +164,48 @@ def _check_init_hf(folder: str, preset: ModelPreset) -> int:
         raise _fail("model.init_hf", str(exc)) from None
 
 
+def align_entry_count(table_dir: str, max_word_tokens: int, bos: bool) -> int:
+    """Entries of the table's align part that phase 1 trains on: those whose every word fits in
+    `max_word_tokens` positions (one more for the BOS when `bos`; data/dict_loader.DictionaryLoader)."""
+    from prealign_scale.alignment.table import ALIGN, AlignmentTable
+
+    limit = max_word_tokens - (1 if bos else 0)
+    return sum(1 for e in AlignmentTable.load(table_dir).part(ALIGN) if max(len(t) for t in e.tokens) <= limit)
+
+
+def _steps_from_epochs(cfg: Config, seq_len: int, dp: int, grad_accum: int) -> int:
+    """align.steps for align.epochs passes over the align entries: the loader's global step reads
+    entries_per_rank x dp entries (an epoch drops the remainder), an optimizer step grad_accum of them."""
+    n = align_entry_count(cfg.data.table_dir, seq_len, cfg.align.word_bos)
+    per_pass = n // (cfg.align.entries_per_rank * dp)  # loader steps per epoch
+    per_step = cfg.align.entries_per_rank * dp * grad_accum
+    if per_pass < grad_accum:
+        raise _fail("align.epochs", f"the align part of {cfg.data.table_dir} has {n} usable entries, fewer than "
+                    f"one optimizer step of align.entries_per_rank x data-parallel size x align.grad_accum = "
+                    f"{per_step}")
+    steps = max(1, math.ceil(cfg.align.epochs * per_pass / grad_accum))
+    if cfg.align.steps > 0 and cfg.align.steps != steps:
+        raise _fail("align.epochs", f"{cfg.align.epochs:g} passes over {n} entries at {per_step} entries per step "
+                    f"= {steps} steps, but align.steps={cfg.align.steps}; set only one of align.steps and "
+                    "align.epochs")
+    return steps
+
+
+def _tokenizer_bos_id(tokenizer_dir: str | None) -> int:
+    """The BOS id of data.tokenizer_dir, for align.word_bos (ConfigError when there is none)."""
+    key = "align.word_bos"
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise _fail(key, f"true needs the tokenizer's BOS id: data.tokenizer_dir={tokenizer_dir} has no "
+                    "tokenizer.json (or give align.bos_id)")
+    from prealign_scale.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    if tok.bos_token_id is None:
+        raise _fail(key, f"true, but the tokenizer {tokenizer_dir} has no BOS token; set align.bos_id to its "
+                    "document start id or align.word_bos=false")
+    return int(tok.bos_token_id)
+
+
 def resolve_config(cfg: Config, world_size: int = 1) -> Config:
     """Check `cfg` against the model presets and the files it names; return a new Config with model.tp,
     model.vocab_size, model.seq_len and both grad_accum filled in (ConfigError naming the key)."""
@@ -265,11 +308,19 @@ def resolve_config(cfg: Config, world_size: int = 1) -> Config:
                                  cfg.align.global_entries, dp, "align.entries_per_rank", "global_entries")
     lm_accum = _resolve_accum("lm", cfg.lm.micro_batch_size, cfg.lm.grad_accum,
                               cfg.lm.global_batch_size, dp, "lm.micro_batch_size", "global_batch_size")
+    align_steps, bos_id = cfg.align.steps, cfg.align.bos_id
+    if "align" in cfg.phases():
+        if cfg.align.epochs is not None:
+            align_steps = _steps_from_epochs(cfg, seq_len, dp, align_accum)
+        if cfg.align.word_bos and bos_id is None:
+            bos_id = _tokenizer_bos_id(cfg.data.tokenizer_dir)
+        if bos_id is not None and bos_id >= vocab:
+            raise _fail("align.bos_id", f"{bos_id} is not below model.vocab_size {vocab}")
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, tp=tp, vocab_size=vocab, seq_len=seq_len),
         data=dataclasses.replace(cfg.data),
-        align=dataclasses.replace(cfg.align, grad_accum=align_accum),
+        align=dataclasses.replace(cfg.align, grad_accum=align_accum, steps=align_steps, bos_id=bos_id),
         lm=dataclasses.replace(cfg.lm, grad_accum=lm_accum),
         run=dataclasses.replace(cfg.run),
         dist=dataclasses.replace(cfg.dist),

@@ -7,7 +7,7 @@ Resume rules, from the checkpoint that `checkpoints/latest` names, once verified
 by the newest intact older tag, with a warning: checkpoint.py) (phase P, step k):
 - a phase before P is skipped (done);
 - phase P itself continues at step k with its optimizer, RNG states and data position (or is skipped when
-  k reached its steps);
+  k reached its steps, or P ended early as done: align.stop_at_seen_acc);
 - a checkpoint written by another data-parallel size is converted and continued on this one (elastic
   resume, elastic.py): weights and optimizer state exactly, the rest of the epoch's samples split over the new
   ranks (each read once), RNG states of old rank ``r % N``;
@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from prealign_scale import dist as pdist
 from prealign_scale.config import Config, save_config
+from prealign_scale.engine.align_convergence import AlignConvergence
 from prealign_scale.engine.callback import Callback
 from prealign_scale.engine.callbacks import (
     Checkpointing,
@@ -90,8 +91,8 @@ def plan_phase(phase: str, latest: CheckpointInfo | None, cfg: Config) -> tuple[
         return "fresh", None
     if PHASE_ORDER[latest.phase] > PHASE_ORDER[phase]:
         return "skip", None
-    if latest.phase == phase:
-        return ("skip", None) if latest.step >= steps else ("resume", latest)
+    if latest.phase == phase:  # done: all its steps, or ended early (phase_steps = the step it ended at)
+        return ("skip", None) if latest.step >= steps or latest.phase_done else ("resume", latest)
     if not latest.phase_done:
         raise RuntimeError(f"{cfg.run.out_dir}: the latest checkpoint is {latest.tag}, phase {latest.phase} at step "
                            f"{latest.step} of {latest.phase_steps}; finish that phase first (--phase "
@@ -107,9 +108,10 @@ def _build_phase(cfg: Config, name: str, engine):
 
 def make_callbacks(cfg: Config, ckpt: CheckpointManager, metrics: MetricsFile | None, flops_per_token,
                    preemption: Preemption) -> list[Callback]:
-    """The run's callbacks, in the order the loop calls them: the non-finite guard, throughput, then rank 0's metrics.jsonl,
-    TensorBoard and progress bar, the alignment probe, then the stop conditions (signal, step budget), then the
-    checkpoint cadence. `metrics` is None on ranks other than 0."""
+    """The run's callbacks, in the order the loop calls them: the non-finite guard, throughput, then rank 0's
+    metrics.jsonl, TensorBoard and progress bar, the alignment probe and phase 1's convergence check (its early
+    end and warning), then the stop conditions (signal, step budget), then the checkpoint cadence. `metrics` is
+    None on ranks other than 0."""
     rank0 = metrics is not None
     callbacks: list[Callback] = [NonFiniteGuard(cfg.run.max_bad_steps), Throughput(flops_per_token)]
     if rank0:
@@ -120,6 +122,8 @@ def make_callbacks(cfg: Config, ckpt: CheckpointManager, metrics: MetricsFile | 
     probe = make_probe(cfg, metrics)  # the alignment probe every run.probe_every steps (None: off)
     if probe is not None:
         callbacks.append(probe)
+    # phase 1's early end at align.stop_at_seen_acc and its end-of-phase warning, from the probe's latest record
+    callbacks.append(AlignConvergence(cfg, probe, metrics))
     return callbacks + [preemption, StepBudget(cfg.run.stop_after), Checkpointing(ckpt, cfg.run.ckpt_every)]
 
 

@@ -93,8 +93,9 @@ def check_align(cfg, report: dict) -> None:
     taps = HiddenStateTaps(model)
     table = AlignmentTable.load(cfg.data.table_dir)
     loaders = [DictionaryLoader(table, cfg.align.entries_per_rank, dp_rank=r, dp_world_size=2, seed=cfg.run.seed,
-                                pad_id=0, max_word_tokens=cfg.model.seq_len) for r in range(2)]
-    lm_sum, lm_count, align_terms, words_per_rank = 0.0, 0, [], []
+                                pad_id=0, max_word_tokens=cfg.model.seq_len,
+                                bos_id=cfg.align.bos_id if cfg.align.word_bos else None) for r in range(2)]
+    lm_sum, lm_count, align_terms, words_per_rank, word_tokens = 0.0, 0, [], [], 0
     for m in range(int(cfg.align.grad_accum)):
         vecs, ents = [], []
         for r in range(2):
@@ -102,12 +103,13 @@ def check_align(cfg, report: dict) -> None:
             with taps:
                 logits = model(b["input_ids"], b["position_ids"], None)  # [n, s, V]
             rows = F.embedding(b["input_ids"], model.output_layer.weight)
-            vecs.append(word_vectors(taps.batch_first(), rows, b["attention_mask"]))
+            vecs.append(word_vectors(taps.batch_first(), rows, b["word_mask"]))  # the word's tokens, never a BOS
             ents.append(b["entry_ids"])
             t = b["targets"]
             lm_sum = lm_sum + F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=-100, reduction="sum")
             lm_count += int((t != -100).sum())
             words_per_rank.append(int(b["input_ids"].shape[0]))
+            word_tokens += int(b["word_mask"].sum())
         mean, _ = contrastive_alignment_loss(torch.cat(vecs, dim=1), torch.cat(ents), tau=cfg.align.tau)
         align_terms.append(mean)
     lm = lm_sum / lm_count
@@ -118,6 +120,7 @@ def check_align(cfg, report: dict) -> None:
         "engine_loss": metrics["loss"], "ref_loss": total.item(), "engine_align": metrics["align_loss"],
         "ref_align": align.item(), "engine_lm": metrics["lm_loss"], "ref_lm": lm.item(), "lm_tokens": lm_count,
         "grad_rel_err": compare_grads(model, grads), "words_per_rank": words_per_rank,
+        "words": sum(words_per_rank), "word_tokens": word_tokens, "word_bos": bool(cfg.align.word_bos),
         "n_layers": len(metrics["align_loss_layers"]), "partitioned": partitioned, "n_params": len(shards),
     }
 
