@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 
 ENV = "PREALIGN_RELIABILITY_OUT"
 AREAS = ("data tools", "config", "training", "checkpoints", "export")  # the table's sections, in this order
@@ -23,8 +24,9 @@ PID = re.compile(r"\b(pid|process) \d+")
 
 
 def stable(text: str) -> str:
-    """`text` without the parts that change from run to run (temporary paths, digests, pids)."""
-    return PID.sub(r"\1 N", HEX.sub("<sha256>", TMP.sub("<tmp>", text)))
+    """`text` without the parts that change from run to run (temporary paths, digests, pids, this host)."""
+    text = PID.sub(r"\1 N", HEX.sub("<sha256>", TMP.sub("<tmp>", text)))
+    return re.sub(rf"\bhost {re.escape(socket.gethostname())}\b", "host <this host>", text)
 
 
 def first_line(text: str) -> str:
