@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kjv_sample import kjv_lines, train_tokenizer_on
+from reliability_cases import exit_line, raised, record_case
 
 from prealign_scale.data.build_config import BuildConfig, BuildError
 from prealign_scale.data.build_shards import build_shards
@@ -88,7 +89,13 @@ def test_bad_corpus_line_exits_2_and_a_corrected_rerun_finishes(kjv, tmp_path, w
     assert not (out / ".work/stopped.txt").exists()
     assert chunk_mtimes(out, "de") == de_chunks  # unchanged inputs: kept
     build_shards(config(kjv, en), tmp_path / "fresh", workers=workers, progress=False)
-    assert shard_files(out) == shard_files(tmp_path / "fresh")  # en re-tokenised from the corrected file
+    same = shard_files(out) == shard_files(tmp_path / "fresh")
+    assert same  # en re-tokenised from the corrected file
+    record_case("data tools", f"build_shards.py: invalid JSON on corpus line {BAD_LINE} ({workers} worker(s)), "
+                "then the file fixed and the same command run again",
+                "exit 2, one line naming file:line; the fixed rerun keeps the valid work and equals a fresh build",
+                f"{exit_line(r.returncode, r.stderr)}; rerun: exit {fixed.returncode}, unchanged chunks kept: "
+                f"{chunk_mtimes(out, 'de') == de_chunks}, shards equal to a fresh build: {same}")
 
 
 def test_same_size_edit_is_a_changed_input(kjv, tmp_path):
@@ -128,16 +135,22 @@ def test_compressed_mixture_that_cannot_be_met_fails_before_work(kjv, tmp_path, 
                         f"files hold only {len(text):,} bytes of text (at most {len(text) + 1:,} tokens); lower "
                         "total_tokens or en's weight, or add data\n")
     assert not (tmp_path / "out").exists()
+    record_case("data tools", f"build_shards.py: a mixture the {name.rsplit('.', 1)[1]} corpus cannot meet",
+                "exit 2, one line, before any tokenising (nothing created)",
+                f"{exit_line(r.returncode, r.stderr)}; output created: {(tmp_path / 'out').exists()}")
 
 
 def test_too_few_samples_for_shard_multiple_fails_before_work(kjv, tmp_path):
     tiny = tmp_path / "tiny.jsonl.gz"
     tiny.write_bytes(gzip.compress(b'{"text": "In the beginning"}\n'))  # 29 bytes: at most 29 + 1 tokens
     with pytest.raises(BuildError, match=r"shard_multiple: the corpora make at most 30 tokens, fewer than the "
-                                         r"129 that shard_multiple=2 samples of seq_len=64 need"):
+                                         r"129 that shard_multiple=2 samples of seq_len=64 need") as err:
         build_shards(BuildConfig(corpora={"en": [str(tiny)]}, tokenizer=str(kjv / "tok"), p=0.0, seq_len=64,
                                  shard_multiple=2), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+    record_case("data tools", "build_shards: corpora too small for one shard_multiple of samples",
+                "refused before any work, naming shard_multiple",
+                f"{raised(err.value)}; output created: {(tmp_path / 'out').exists()}")
 
 
 def test_new_mixture_or_layout_reuses_the_tokenised_chunks(kjv, tmp_path):
@@ -160,8 +173,14 @@ def test_new_mixture_or_layout_reuses_the_tokenised_chunks(kjv, tmp_path):
     run(tmp_path / "fresh1", total_tokens=40_000)
     assert shard_files(out) == shard_files(tmp_path / "fresh1")
 
-    with pytest.raises(BuildError, match="holds a build with a different config"):
+    record_case("data tools", "build_shards.py: a quota above the real token count (found after tokenising), "
+                "then rerun with a lower one", "exit 2, one line; the rerun re-plans from the same chunks",
+                f"{exit_line(r.returncode, r.stderr)}; rerun equal to a fresh build, chunks not re-tokenised: "
+                f"{shard_files(out) == shard_files(tmp_path / 'fresh1')}")
+    with pytest.raises(BuildError, match="holds a build with a different config") as err:
         run(out, seq_len=32)  # a finished build
+    record_case("data tools", "build_shards: a finished shard folder given another config without --overwrite",
+                "refused; the finished build is untouched", raised(err.value))
     build_shards(config(kjv, kjv / "en.jsonl.gz", mixture={"de": 0.2, "en": 0.8}, seq_len=32), out,
                  progress=False, overwrite=True)
     assert {**chunk_mtimes(out, "de"), **chunk_mtimes(out, "en")} == chunks
@@ -178,3 +197,6 @@ def test_plain_srun_is_refused_before_work(kjv, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: started as one of 4 srun tasks without MPI") and "srun --mpi=pmix" in r.stderr
     assert not (tmp_path / "out").exists()
+    record_case("data tools", "build_shards.py started as 4 plain srun tasks (no MPI)",
+                "exit 2, one line naming srun --mpi=pmix, before any work",
+                f"{exit_line(r.returncode, r.stderr)}; output created: {(tmp_path / 'out').exists()}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reliability_cases import exit_line, record_case
 
 from prealign_scale.config import Config, ConfigError, parse_config, save_config
 from prealign_scale.engine.resolve_config import load_config
@@ -69,6 +70,13 @@ def error_of(*args, **kw) -> str:
     return str(exc.value)
 
 
+def refused(case: str, *args, **kw) -> str:
+    """error_of, recorded as a case of docs/reliability.md (the launcher prints it as one line, exit 2)."""
+    msg = error_of(*args, **kw)
+    record_case("config", case, "refused before start-up: one line naming the key", f"ConfigError: `{msg}`")
+    return msg
+
+
 def test_defaults_resolve_from_the_data(tmp_path, data):
     cfg = load_config(write_cfg(tmp_path, data), world_size=2)
     assert cfg.model.vocab_size == 800 and cfg.model.seq_len == 64
@@ -90,72 +98,72 @@ def test_global_batch_derives_grad_accum(tmp_path, data):
 
 def test_unknown_key_suggests_the_close_name(tmp_path, data):
     path = write_cfg(tmp_path, data, lm={"stepz": 3})
-    msg = error_of(path)
+    msg = refused("a misspelt key in the YAML file", path)
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "stepz" in t)
     assert msg == f"{path}:{line}: lm.stepz: unknown key; did you mean lm.steps?"
-    assert error_of(write_cfg(tmp_path, data), ["lm.micro_batch=2"]).startswith(
+    assert refused("a misspelt key on the command line", write_cfg(tmp_path, data), ["lm.micro_batch=2"]).startswith(
         "command line 'lm.micro_batch=2': lm.micro_batch: unknown key; did you mean lm.micro_batch_size")
-    assert "lmm: unknown section; did you mean lm?" in error_of(write_cfg(tmp_path, data), ["lmm.steps=1"])
+    assert "lmm: unknown section; did you mean lm?" in refused("a misspelt section", write_cfg(tmp_path, data), ["lmm.steps=1"])
 
 
 def test_wrong_type_names_the_key(tmp_path, data):
-    assert error_of(write_cfg(tmp_path, data), ["lm.steps=abc"]) == \
+    assert refused("a string for an int key", write_cfg(tmp_path, data), ["lm.steps=abc"]) == \
         "command line 'lm.steps=abc': lm.steps: expected int, got 'abc' (str)"
-    msg = error_of(write_cfg(tmp_path, data, lm={"doc_attention": "yes please"}))
+    msg = refused("a string for a bool key", write_cfg(tmp_path, data, lm={"doc_attention": "yes please"}))
     assert msg.endswith("lm.doc_attention: expected bool, got 'yes please' (str)")
-    assert error_of(write_cfg(tmp_path, data), ["lm.steps=2.5"]).endswith("lm.steps: expected int, got 2.5 (float)")
+    assert refused("a float for an int key", write_cfg(tmp_path, data), ["lm.steps=2.5"]).endswith("lm.steps: expected int, got 2.5 (float)")
 
 
 def test_missing_files_name_the_key(tmp_path, data):
-    msg = error_of(write_cfg(tmp_path, data, data={"shard_dir": str(tmp_path / "nope")}))
+    msg = refused("data.shard_dir: a missing folder", write_cfg(tmp_path, data, data={"shard_dir": str(tmp_path / "nope")}))
     assert msg == f"data.shard_dir: {tmp_path / 'nope' / 'manifest.json'}: no such file"
-    msg = error_of(write_cfg(tmp_path, data, data={"table_dir": str(tmp_path / "nope")}))
+    msg = refused("data.table_dir: a folder without a table", write_cfg(tmp_path, data, data={"table_dir": str(tmp_path / "nope")}))
     assert msg == f"data.table_dir: {tmp_path / 'nope'}: no alignment table here (no entries.jsonl)"
-    assert error_of(write_cfg(tmp_path, data, run={"ds_config": "missing.json"})) == \
+    assert refused("run.ds_config: a missing file", write_cfg(tmp_path, data, run={"ds_config": "missing.json"})) == \
         "run.ds_config: missing.json: no such file"
-    assert error_of(tmp_path / "absent.yaml") == f"--config: {tmp_path / 'absent.yaml'}: no such file"
-    msg = error_of(write_cfg(tmp_path, data, data={"tokenizer_dir": None}))
+    assert refused("--config: a missing file", tmp_path / "absent.yaml") == f"--config: {tmp_path / 'absent.yaml'}: no such file"
+    msg = refused("data.tokenizer_dir: null", write_cfg(tmp_path, data, data={"tokenizer_dir": None}))
     assert msg.startswith("data.tokenizer_dir: None: no tokenizer.json")
 
 
 def test_batch_not_divisible(tmp_path, data):
-    msg = error_of(write_cfg(tmp_path, data, lm={"global_batch_size": 10}), world_size=4)
+    msg = refused("a global batch not divisible by micro batch x ranks", write_cfg(tmp_path, data, lm={"global_batch_size": 10}), world_size=4)
     assert msg == ("lm.global_batch_size: 10 is not divisible by lm.micro_batch_size x data-parallel size = "
                    "2 x 4 = 8")
-    msg = error_of(write_cfg(tmp_path, data, lm={"global_batch_size": 16, "grad_accum": 2}), world_size=2)
+    msg = refused("grad_accum contradicting the global batch", write_cfg(tmp_path, data, lm={"global_batch_size": 16, "grad_accum": 2}), world_size=2)
     assert msg.startswith("lm.grad_accum: 2 disagrees with lm.global_batch_size=16")
-    assert error_of(write_cfg(tmp_path, data, model={"tp": 2}), world_size=3) == \
+    assert refused("model.tp not dividing the world size", write_cfg(tmp_path, data, model={"tp": 2}), world_size=3) == \
         "model.tp: 2 does not divide the world size 3"
-    msg = error_of(write_cfg(tmp_path, data), world_size=3)  # 4 shards over 3 ranks
+    msg = refused("shards not divisible by the data-parallel size", write_cfg(tmp_path, data), world_size=3)  # 4 shards over 3 ranks
     assert msg.startswith("data.shard_dir: 4 shards are not divisible by the data-parallel size 3")
-    msg = error_of(write_cfg(tmp_path, data, data={"num_workers": 3}), world_size=2)
+    msg = refused("reader workers not dividing the shards", write_cfg(tmp_path, data, data={"num_workers": 3}), world_size=2)
     assert msg.startswith("data.num_workers: 3 workers x 2 data-parallel ranks = 6 readers do not divide the 4 shards")
 
 
 def test_values_and_choices(tmp_path, data):
-    assert error_of(write_cfg(tmp_path, data), ["model.preset=tinyy"]).startswith(
+    assert refused("an unknown model preset", write_cfg(tmp_path, data), ["model.preset=tinyy"]).startswith(
         "model.preset: must be one of")
     assert "(did you mean 'tiny'?)" in error_of(write_cfg(tmp_path, data), ["model.preset=tinyy"])
-    assert error_of(write_cfg(tmp_path, data), ["lm.lr=0"]) == "lm.lr: must be > 0, got 0.0"
+    assert refused("lm.lr=0", write_cfg(tmp_path, data), ["lm.lr=0"]) == "lm.lr: must be > 0, got 0.0"
     # inf and nan parse as floats and pass every range check (nan < 0 is False): refused by name
-    assert error_of(write_cfg(tmp_path, data), ["lm.lr=.inf"]) == "lm.lr: must be a finite number, got inf"
-    assert error_of(write_cfg(tmp_path, data), ["lm.lr=.nan"]) == "lm.lr: must be a finite number, got nan"
-    assert error_of(write_cfg(tmp_path, data), ["align.lr=-.inf"]) == "align.lr: must be a finite number, got -inf"
-    assert error_of(write_cfg(tmp_path, data), ["align.warmup_frac=1.5"]) == \
+    assert refused("lm.lr=.inf (before: NaN loss, NaN export, exit 0)", write_cfg(tmp_path, data), ["lm.lr=.inf"]) == "lm.lr: must be a finite number, got inf"
+    assert refused("lm.lr=.nan (before: a traceback after 18 s)", write_cfg(tmp_path, data), ["lm.lr=.nan"]) == "lm.lr: must be a finite number, got nan"
+    assert refused("align.lr=-.inf", write_cfg(tmp_path, data), ["align.lr=-.inf"]) == "align.lr: must be a finite number, got -inf"
+    assert refused("a fraction above 1", write_cfg(tmp_path, data), ["align.warmup_frac=1.5"]) == \
         "align.warmup_frac: must be between 0 and 1, got 1.5"
-    assert error_of(write_cfg(tmp_path, data), ["model.seq_len=128"]).startswith(
+    assert refused("model.seq_len other than the shards'", write_cfg(tmp_path, data), ["model.seq_len=128"]).startswith(
         "model.seq_len: 128 differs from the shards' seq_len 64")
-    assert error_of(write_cfg(tmp_path, data), ["model.vocab_size=100"]).startswith(
+    assert refused("model.vocab_size smaller than the shards'", write_cfg(tmp_path, data), ["model.vocab_size=100"]).startswith(
         "model.vocab_size: 100 is smaller than the vocab_size 800")
-    assert error_of(write_cfg(tmp_path, data), ["align.steps=0", "lm.steps=0"]).startswith(
+    assert refused("no step in any phase", write_cfg(tmp_path, data), ["align.steps=0", "lm.steps=0"]).startswith(
         "run.phase: nothing to train")
-    assert error_of(write_cfg(tmp_path, data), ["model.attention=flash"]).startswith(
+    assert refused("an unknown attention kind", write_cfg(tmp_path, data), ["model.attention=flash"]).startswith(
         "model.attention: must be one of")
 
 
 def test_transformer_engine_attention_refuses_the_document_mask(tmp_path, data):
     """TE's core attention is built causal and ignores an explicit mask: 'te' with doc_attention is refused."""
-    assert error_of(write_cfg(tmp_path, data), ["model.attention=te"]).startswith(
+    assert refused("TE attention with the document mask", write_cfg(tmp_path, data), ["model.attention=te"]).startswith(
         "model.attention: 'te' runs megatron's TE core attention with a causal mask type, which ignores the "
         "per-document mask; set lm.doc_attention=false")
     from prealign_scale.model.builder import transformer_engine_available
@@ -191,7 +199,7 @@ def test_tp_defaults_to_the_preset(tmp_path, data):
 
 def test_tp_that_cannot_split_the_preset(tmp_path, data):
     """Heads, query groups and FFN width must divide by model.tp: refused here, not in the model builder."""
-    assert error_of(write_cfg(tmp_path, data, model={"tp": 4}), world_size=4) == (
+    assert refused("model.tp that cannot split the preset's query groups", write_cfg(tmp_path, data, model={"tp": 4}), world_size=4) == (
         "model.tp: 4 cannot split preset 'tiny': num_query_groups=2 not divisible by 4 (tensor parallelism "
         "splits the heads, query groups and FFN width); use one of 1, 2")
     assert error_of(write_cfg(tmp_path, data, model={"tp": 3}), world_size=3) == (
@@ -220,13 +228,13 @@ def test_init_hf_is_checked_against_the_preset_and_the_vocab(tmp_path, data, hf_
     cfg = load_config(path, world_size=2)
     assert cfg.model.init_hf == str(hf_dir) and cfg.model.vocab_size == 800
     nope = tmp_path / "nope"
-    assert error_of(path, [f"model.init_hf={nope}"]) == f"model.init_hf: {nope}: no such folder"
-    assert error_of(path, [f"model.init_hf={data['tok']}"]) == (
+    assert refused("model.init_hf: a missing folder", path, [f"model.init_hf={nope}"]) == f"model.init_hf: {nope}: no such folder"
+    assert refused("model.init_hf: not an HF model folder", path, [f"model.init_hf={data['tok']}"]) == (
         f"model.init_hf: {data['tok']} has no config.json (not an HF model folder)")
-    assert error_of(path, ["model.preset=synth-3m"]) == (
+    assert refused("model.init_hf of another shape than the preset", path, ["model.preset=synth-3m"]) == (
         f"model.init_hf: {hf_dir}/config.json: num_hidden_layers=2 but preset 'synth-3m' has num_layers=12 (set "
         "model.preset to the checkpoint's shape)")
-    assert error_of(path, ["model.vocab_size=1024"]) == (
+    assert refused("model.init_hf of another vocab size", path, ["model.vocab_size=1024"]) == (
         f"model.init_hf: {hf_dir}/config.json: vocab_size=800 differs from the model's 1024 embedding rows "
         "(model.vocab_size=1024); set model.vocab_size=null to take the checkpoint's")
     config = json.loads((hf_dir / "config.json").read_text())
@@ -238,7 +246,7 @@ def test_init_hf_is_checked_against_the_preset_and_the_vocab(tmp_path, data, hf_
                                      "has norm_eps=1e-05")
     (hf_dir / "config.json").write_text(json.dumps(config))
     (hf_dir / "model.safetensors").unlink()
-    assert error_of(path) == (f"model.init_hf: {hf_dir} has neither model.safetensors nor "
+    assert refused("model.init_hf without safetensors weights", path) == (f"model.init_hf: {hf_dir} has neither model.safetensors nor "
                               "model.safetensors.index.json (only safetensors checkpoints are read)")
 
 
@@ -272,7 +280,7 @@ def test_scale_configs_validate_at_their_cluster_size(tmp_path, data, monkeypatc
 def test_ds_config_batch_keys_refused(tmp_path, data):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": 32}))
-    msg = error_of(write_cfg(tmp_path, data, run={"ds_config": str(ds)}))
+    msg = refused("a ds_config with its own batch sizes", write_cfg(tmp_path, data, run={"ds_config": str(ds)}))
     assert msg.startswith(f"run.ds_config: {ds}: train_batch_size=32: batch sizes come from")
 
 
@@ -306,6 +314,9 @@ def test_bad_config_through_the_launcher_stops_before_the_process_group(tmp_path
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "stepz" in t)
     assert errors == [f"config error: {path}:{line}: lm.stepz: unknown key; did you mean lm.steps?"], out
     assert "init_distributed" not in out and "Initializing TorchBackend" not in out, out
+    record_case("config", "a misspelt key, 2 ranks under the deepspeed launcher",
+                "exit 2, one message for the job, no process group started",
+                f"exit {proc.returncode}, {len(errors)} message(s): `{errors[0]}`; process group started: False")
 
 
 def test_launcher_parses_phase_and_overrides_and_exits_2(tmp_path, data, capsys, monkeypatch):
@@ -320,8 +331,10 @@ def test_launcher_parses_phase_and_overrides_and_exits_2(tmp_path, data, capsys,
     path = write_cfg(tmp_path, data)
     rc = launcher.main(["--config", str(path), "lm.steps=3", "--phase", "lm", "lm.stepz=1"])
     assert rc == 2
-    assert capsys.readouterr().err == \
-        "config error: command line 'lm.stepz=1': lm.stepz: unknown key; did you mean lm.steps?\n"
+    err = capsys.readouterr().err
+    assert err == "config error: command line 'lm.stepz=1': lm.stepz: unknown key; did you mean lm.steps?\n"
+    record_case("config", "launchers/pretrain.py: a misspelt override among --phase and other overrides",
+                "exit 2, one line, no traceback", exit_line(rc, err))
     with pytest.raises(SystemExit):  # argparse: no prefix matching of flags (torchrun's trap, STACK.md)
         launcher.main(["--conf", str(path)])
 
@@ -331,7 +344,7 @@ def test_launcher_parses_phase_and_overrides_and_exits_2(tmp_path, data, capsys,
 
 def test_a_shard_listed_but_missing_is_named_before_start_up(tmp_path, data):
     (data["shards"] / "shard-000002.tar").unlink()
-    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    msg = refused("a shard listed in the manifest but missing (before: a traceback 11-38 s after launch)", write_cfg(tmp_path, data), world_size=2)
     assert msg == (f"data.shard_dir: {data['shards'] / 'shard-000002.tar'}: listed in manifest.json (shards[2]) but "
                    "missing; copy the whole shard folder or rebuild it")
 
@@ -339,7 +352,8 @@ def test_a_shard_listed_but_missing_is_named_before_start_up(tmp_path, data):
 def test_a_table_smaller_than_one_phase1_step_names_the_keys(tmp_path, data):
     entries = data["table"] / "entries.jsonl"
     entries.write_text("".join(entries.read_text().splitlines(keepends=True)[:15]))  # 15 < 8 x 2 ranks
-    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    msg = refused("a table with fewer align entries than one phase-1 step (before: a traceback after start-up)",
+                  write_cfg(tmp_path, data), world_size=2)
     assert msg == (f"align.entries_per_rank: 8 x 2 data-parallel ranks = 16 entries a phase-1 step, but "
                    f"{data['table']} has 15 usable align entries; use a smaller align.entries_per_rank or a larger "
                    "table")
@@ -354,21 +368,24 @@ def test_table_and_tokenizer_must_be_the_shards_tokenizer(tmp_path, data):
     manifest_path = data["shards"] / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({**manifest, "tokenizer_sha256": "a" * 64}))
-    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    msg = refused("data.tokenizer_dir of another tokenizer than the shards' (before: hf/ shipped it)",
+                  write_cfg(tmp_path, data), world_size=2)
     assert msg == (f"data.tokenizer_dir: {data['tok'] / 'tokenizer.json'} is another tokenizer (sha256 "
                    f"{tok_sha[:12]}...) than the one {manifest_path} records (sha256 aaaaaaaaaaaa...); use the files "
                    "built with one tokenizer")
     manifest_path.write_text(json.dumps({**manifest, "tokenizer_sha256": tok_sha}))
     meta_path = data["table"] / "meta.json"
     meta_path.write_text(json.dumps({"vocab_size": 800, "tokenizer_sha256": "b" * 64}))
-    msg = error_of(write_cfg(tmp_path, data), world_size=2)
+    msg = refused("data.table_dir made with another tokenizer than the shards'", write_cfg(tmp_path, data),
+                  world_size=2)
     assert msg == (f"data.table_dir: {meta_path} was made with another tokenizer (sha256 bbbbbbbbbbbb...) than the "
                    f"one {manifest_path} records (sha256 {tok_sha[:12]}...); use the files built with one tokenizer")
     meta_path.write_text(json.dumps({"vocab_size": 800, "tokenizer_sha256": tok_sha}))
     load_config(write_cfg(tmp_path, data), world_size=2)  # all three agree
     # phase 1 only (no shards read): the tokenizer folder is checked against the table
     meta_path.write_text(json.dumps({"vocab_size": 800, "tokenizer_sha256": "b" * 64}))
-    msg = error_of(write_cfg(tmp_path, data, lm={"steps": 0}), world_size=2)
+    msg = refused("phase 1 only: data.tokenizer_dir of another tokenizer than the table's",
+                  write_cfg(tmp_path, data, lm={"steps": 0}), world_size=2)
     assert msg.startswith(f"data.tokenizer_dir: {data['tok'] / 'tokenizer.json'} is another tokenizer")
     assert f"than the one {meta_path} records" in msg
 
@@ -378,7 +395,8 @@ def test_verify_sha256_needs_checksums_in_the_manifest(tmp_path, data):
     manifest = json.loads(manifest_path.read_text())
     del manifest["shards"][3]["sha256"]
     manifest_path.write_text(json.dumps(manifest))
-    assert error_of(write_cfg(tmp_path, data), world_size=2) == (
+    assert refused("data.verify_sha256 on, a manifest without a shard's sha256", write_cfg(tmp_path, data),
+                   world_size=2) == (
         f"data.verify_sha256: true, but {manifest_path} records no sha256 for shards[3]; rebuild the shards or set "
         "data.verify_sha256=false")
     assert load_config(write_cfg(tmp_path, data, data={"verify_sha256": False}), world_size=2).data.verify_sha256 is False

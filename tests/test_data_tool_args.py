@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from reliability_cases import exit_line, record_case
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,24 +41,36 @@ def one_error_line(capsys) -> str:
 ])
 def test_build_shards_lang_value_flags(tool, paths, capsys, flags, message):
     main = tool("build_shards")
-    assert main(["--out", str(paths["dir"] / "out"), "--tokenizer", "tok", "--no-progress", *flags]) == 2
-    assert one_error_line(capsys) == message
+    rc = main(["--out", str(paths["dir"] / "out"), "--tokenizer", "tok", "--no-progress", *flags])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line == message
+    record_case("data tools", f"build_shards.py {flags[-2]} {flags[-1]} (no LANG=)", "exit 2, one line naming the flag",
+                exit_line(rc, line))
 
 
 def test_build_shards_out_is_a_file(tool, paths, capsys):
     main = tool("build_shards")
     args = ["--out", str(paths["file"]), "--tokenizer", "tok", "--corpus", f"en={paths['corpus']}", "--no-progress"]
-    assert main(args) == 2
-    assert one_error_line(capsys) == f"error: {paths['file']}: is a file, not a folder (--out names the shard " \
-                                     "folder to create or resume)"
+    rc = main(args)
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line == f"error: {paths['file']}: is a file, not a folder (--out names the shard " \
+                   "folder to create or resume)"
     assert paths["file"].read_text() == "not a folder\n"
+    record_case("data tools", "build_shards.py --out naming an existing file", "exit 2, one line; the file untouched",
+                exit_line(rc, line) + f"; file untouched: {paths['file'].read_text() == 'not a folder' + chr(10)}")
 
 
 @pytest.mark.parametrize("which", ["file", "missing"])
 def test_verify_shards_wants_a_folder(tool, paths, capsys, which):
-    assert tool("verify_shards")([str(paths[which])]) == 2
+    rc = tool("verify_shards")([str(paths[which])])
+    assert rc == 2
     what = "is a file, not a shard folder" if which == "file" else "no such folder"
-    assert one_error_line(capsys) == f"error: {paths[which]}: {what}"
+    line = one_error_line(capsys)
+    assert line == f"error: {paths[which]}: {what}"
+    record_case("data tools", f"verify_shards.py given a {'file' if which == 'file' else 'missing folder'}",
+                "exit 2, one line", exit_line(rc, line))
 
 
 def test_train_tokenizer_out_is_a_file_fails_before_training(tool, paths, capsys):
@@ -70,27 +83,45 @@ def test_train_tokenizer_out_is_a_file_fails_before_training(tool, paths, capsys
     with pytest.raises(ValueError, match="is a file, not a folder"):
         train_bpe(never_read(), paths["file"], vocab_size=300)
     main = tool("train_tokenizer")
-    assert main(["--corpus", str(paths["corpus"]), "--out", str(paths["file"]), "--vocab-size", "300"]) == 2
-    assert one_error_line(capsys) == f"error: {paths['file']}: is a file, not a folder (the tokenizer is saved into " \
-                                     "a folder)"
+    rc = main(["--corpus", str(paths["corpus"]), "--out", str(paths["file"]), "--vocab-size", "300"])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line == f"error: {paths['file']}: is a file, not a folder (the tokenizer is saved into a folder)"
+    record_case("data tools", "train_tokenizer.py --out naming an existing file",
+                "exit 2, one line, before training (the corpus is not read)", exit_line(rc, line) + "; corpus not read")
 
 
 def test_build_table_out_is_a_file(tool, paths, capsys):
     d = paths["dir"] / "d.tsv"
     d.write_text("house\tHaus\n")
-    assert tool("build_table")(["--dict", str(d), "--tokenizer", "tok", "--out", str(paths["file"])]) == 2
-    assert one_error_line(capsys) == f"error: {paths['file']}: is a file, not a folder (--out names the table folder)"
+    rc = tool("build_table")(["--dict", str(d), "--tokenizer", "tok", "--out", str(paths["file"])])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line == f"error: {paths['file']}: is a file, not a folder (--out names the table folder)"
+    record_case("data tools", "build_table.py --out naming an existing file", "exit 2, one line", exit_line(rc, line))
 
 
 def test_make_english_clone_out_is_a_file(tool, paths, capsys):
     main = tool("make_english_clone")
-    assert main(["--corpus", str(paths["corpus"]), "--tokenizer", "tok", "--out", str(paths["file"])]) == 2
-    assert one_error_line(capsys).startswith(f"error: {paths['file']}: is a file, not a folder")
+    rc = main(["--corpus", str(paths["corpus"]), "--tokenizer", "tok", "--out", str(paths["file"])])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {paths['file']}: is a file, not a folder")
+    record_case("data tools", "make_english_clone.py --out naming an existing file", "exit 2, one line",
+                exit_line(rc, line))
 
 
 def test_make_eval_sets_out_is_a_file_and_fact_corpus_a_folder(tool, paths, capsys):
     main = tool("make_eval_sets")
-    assert main(["--out", str(paths["file"])]) == 2
-    assert one_error_line(capsys).startswith(f"error: {paths['file']}: is a file, not a folder")
-    assert main(["--fact-corpus", str(paths["dir"])]) == 2
-    assert one_error_line(capsys).startswith(f"error: {paths['dir']}: is a folder, not a file")
+    rc = main(["--out", str(paths["file"])])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {paths['file']}: is a file, not a folder")
+    record_case("data tools", "make_eval_sets.py --out naming an existing file", "exit 2, one line",
+                exit_line(rc, line))
+    rc = main(["--fact-corpus", str(paths["dir"])])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {paths['dir']}: is a folder, not a file")
+    record_case("data tools", "make_eval_sets.py --fact-corpus naming a folder", "exit 2, one line",
+                exit_line(rc, line))

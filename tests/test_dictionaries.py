@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+from reliability_cases import raised, record_case
 
 from prealign_scale.alignment.dictionaries import (
     DictionaryError,
@@ -27,6 +28,18 @@ def E(*words, langs=None):
 
 def where(problems):
     return [(p.lineno, p.message) for p in problems]
+
+
+def record_bad_lines(kind: str, result) -> None:
+    """One case of docs/reliability.md per bad line of a dictionary the reader went through."""
+    for p in result.problems:
+        record_case("data tools", f"a {kind} dictionary line: {p.message.split(':')[0]}",
+                    "the line skipped and reported as file:line: reason; the valid lines kept",
+                    f"bad line `{p}`; {len(result.entries)} valid entries kept")
+
+
+def record_refused(case: str, err) -> None:
+    record_case("data tools", case, "refused with one line naming the file", raised(err.value))
 
 
 # ---------------------------------------------------------------------------------------------- TSV
@@ -83,20 +96,23 @@ def test_tsv_bad_lines_are_reported_with_line_numbers(tmp_path):
     ]
     assert all(p.path == str(path) for p in result.problems)
     assert str(result.problems[0]) == f"{path}:2: expected 2 fields (source<TAB>target), got 3 (tab-separated)"
+    record_bad_lines("TSV", result)
 
 
 def test_strict_raises_at_the_first_problem(tmp_path):
     path = tmp_path / "bad.tsv"
     path.write_text("house\tHaus\ntree\t\nx\ty\tz\n", encoding="utf-8")
-    with pytest.raises(DictionaryError, match=rf"^{path}:2: empty target word"):
+    with pytest.raises(DictionaryError, match=rf"^{path}:2: empty target word") as err:
         read_dictionary(path, strict=True)
+    record_refused("a bad dictionary line under --strict", err)
 
 
 def test_no_valid_entry_is_an_error_naming_the_file(tmp_path):
     only_comments = tmp_path / "empty.tsv"
     only_comments.write_text("# nothing here\n\n", encoding="utf-8")
-    with pytest.raises(DictionaryError, match=rf"^{only_comments}: no valid dictionary entry \(0 bad lines"):
+    with pytest.raises(DictionaryError, match=rf"^{only_comments}: no valid dictionary entry \(0 bad lines") as err:
         read_dictionary(only_comments)
+    record_refused("a dictionary of comments and blank lines only", err)
     only_bad = tmp_path / "allbad.tsv"
     only_bad.write_text("a\tb\tc\n\tx\n", encoding="utf-8")
     with pytest.raises(DictionaryError, match=rf"^{only_bad}: no valid dictionary entry \(2 bad lines"):
@@ -104,15 +120,18 @@ def test_no_valid_entry_is_an_error_naming_the_file(tmp_path):
 
 
 def test_missing_file_and_unknown_format(tmp_path):
-    with pytest.raises(DictionaryError, match="nope.tsv: dictionary file not found"):
+    with pytest.raises(DictionaryError, match="nope.tsv: dictionary file not found") as err:
         read_dictionary(tmp_path / "nope.tsv")
+    record_refused("a missing dictionary file", err)
     odd = tmp_path / "words.csv"
     odd.write_text("house\tHaus\n", encoding="utf-8")
-    with pytest.raises(DictionaryError, match="words.csv: cannot tell the dictionary format"):
+    with pytest.raises(DictionaryError, match="words.csv: cannot tell the dictionary format") as err:
         read_dictionary(odd)
+    record_refused("a dictionary file of unknown extension", err)
     assert read_dictionary(odd, fmt="tsv").entries == [E("house", "Haus")]
-    with pytest.raises(DictionaryError, match="unknown dictionary format 'csv'"):
+    with pytest.raises(DictionaryError, match="unknown dictionary format 'csv'") as err:
         read_dictionary(odd, fmt="csv")
+    record_refused("an unknown dictionary format named", err)
 
 
 # ---------------------------------------------------------------------------------------------- JSONL
@@ -184,6 +203,7 @@ def test_jsonl_bad_lines_are_reported(tmp_path):
         (9, "fields 'src_text' and 'tgt_text' must be strings"),
         (11, "invalid UTF-8 at byte 17 of the line"),
     ]
+    record_bad_lines("JSONL", result)
     with pytest.raises(DictionaryError, match=rf"^{path}:2: invalid JSON"):
         read_dictionary(path, strict=True)
 
@@ -297,6 +317,7 @@ def test_dictd_bad_index_lines(tmp_path):
         (n + 5, "entry text is not valid UTF-8 (byte 3 of the entry)"),
     ]
     assert all(p.path == str(index) for p in result.problems)
+    record_bad_lines("dictd index", result)
     with pytest.raises(DictionaryError, match=rf"^{index}:{n + 1}: expected 3 tab-separated"):
         read_dictionary(index, strict=True)
 
@@ -304,11 +325,13 @@ def test_dictd_bad_index_lines(tmp_path):
 def test_dictd_missing_or_broken_data_file(tmp_path):
     index, data_path, _ = write_dictd(tmp_path)
     data_path.write_bytes(b"not gzip at all")
-    with pytest.raises(DictionaryError, match="freedict-eng-deu.dict.dz: not a valid dictzip/gzip file"):
+    with pytest.raises(DictionaryError, match="freedict-eng-deu.dict.dz: not a valid dictzip/gzip file") as err:
         read_dictionary(index)
+    record_refused("a dictd data file that is not gzip", err)
     data_path.unlink()
-    with pytest.raises(DictionaryError, match="no freedict-eng-deu.dict.dz or freedict-eng-deu.dict next to it"):
+    with pytest.raises(DictionaryError, match="no freedict-eng-deu.dict.dz or freedict-eng-deu.dict next to it") as err:
         read_dictionary(index)
+    record_refused("a dictd index without its data file", err)
     with pytest.raises(DictionaryError, match="other.index: dictd index file not found"):
         read_dictionary(tmp_path / "other.index")
 
@@ -342,6 +365,7 @@ def test_no_valid_entry_names_the_first_bad_lines(tmp_path):
     assert str(err.value) == (f"{only_bad}: no valid dictionary entry (2 bad lines, format tsv); first bad lines: "
                               f"{only_bad}:1: expected 2 fields (source<TAB>target), got 3 (tab-separated); "
                               f"{only_bad}:2: empty source word")
+    record_refused("a dictionary without one valid line (before: only a count)", err)
 
 
 @pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
@@ -360,5 +384,8 @@ def test_a_huge_word_is_a_bad_line_not_a_word(tmp_path, fmt):
     message = f"word of 10000000 characters ('{'x' * 20}'...), longer than the limit MAX_WORD_CHARS={MAX_WORD_CHARS}"
     assert where(result.problems) == [(2, message)]
     assert result.entries[0].where == (f"{path}:1", f"{path}:1")
+    record_case("data tools", f"a 10 MB word in a {fmt} dictionary (before: a 10-million-token word, 26 s, 2 GB)",
+                "a bad line naming the character limit; the valid lines kept",
+                f"bad line `{result.problems[0]}`; {len(result.entries)} valid entries kept")
     with pytest.raises(DictionaryError, match=rf"^{path}:2: word of 10000000 characters"):
         read_dictionary(path, strict=True)

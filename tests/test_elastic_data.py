@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
+from reliability_cases import raised, record_case
 from tiny_data import build_tiny_data
 
 from prealign_scale.data.shard_reader import ShardLoader
@@ -80,8 +81,10 @@ def test_remapped_state_survives_a_save_mid_way(shards):
 def test_remap_refuses_other_data(shards):
     states = [lo.state_dict() for lo in loaders(shards, 2)]
     lo = loaders(shards, 1, b=4)[0]
-    with pytest.raises(ValueError, match="micro_batch_size"):
+    with pytest.raises(ValueError, match="micro_batch_size") as err:
         lo.load_remapped_state(states)
+    record_case("checkpoints", "elastic resume of the shard position with another micro batch size",
+                "refused, naming micro_batch_size", raised(err.value))
 
 
 def test_dictionary_position_carries_over_with_the_same_global_step(shards):
@@ -107,8 +110,10 @@ def test_dictionary_position_carries_over_with_the_same_global_step(shards):
     it = iter(one)
     assert [sorted(next(it)["entry_ids"].tolist()) for _ in range(2)] == ref_steps[3:]
     odd = make(1, 5)
-    with pytest.raises(ValueError, match="whole number of global steps"):
+    with pytest.raises(ValueError, match="whole number of global steps") as err:
         odd.load_remapped_state(two[0].state_dict())
+    record_case("checkpoints", "elastic resume of the dictionary position with a global batch of other size",
+                "refused: not a whole number of global steps", raised(err.value))
 
 
 def test_failure_line_hint(tmp_path):
@@ -127,3 +132,6 @@ def test_failure_line_hint(tmp_path):
     refused = ElasticResumeError("x was written by 2 data-parallel ranks, this run has 4: ...; resume it on 2 ranks")
     line = failure_line(refused, Config(), ckpt)
     assert "Run the same command" not in line and line.endswith("resume it on 2 ranks")
+    record_case("checkpoints", "the failure line after an elastic resume was refused (before: a wrong "
+                "\"run the same command\" hint)", "names the rank count to resume on, no \"run the same command\"",
+                f"`{line}`")

@@ -28,6 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
 from engine_common import BIN, ROOT, cpu_env, read_metrics, write_run_config
+from reliability_cases import record_case
 from tiny_data import build_tiny_data
 
 pytestmark = pytest.mark.slow
@@ -106,3 +107,11 @@ def test_elastic_resume_continues_the_epoch_and_the_loss(data, old, new):
     assert (case / "el/checkpoints/latest").read_text() == "lm-step00000004"
     assert len(list((case / "el/checkpoints/lm-step00000004").glob("zero_pp_rank_*_model_states.pt"))) == new
     assert (case / "el/DONE").is_file() and (case / "el/hf/config.json").is_file()
+    worst = max(abs(a["loss"] - b["loss"]) for a, b in zip(ref[2:], el[2:]))
+    repeated_or_lost = 32 - sum(1 for n in counts.values() if n == 1)
+    record_case("checkpoints", f"a checkpoint of {old} rank(s) resumed on {new} (elastic resume; before: impossible)",
+                "converted to a universal checkpoint; each sample of the epoch read once; the loss within "
+                f"{LOSS_TOLERANCE:g} of the uninterrupted run",
+                f"converted; {len(counts)} distinct samples of 32, each once: {set(counts.values()) == {1}}; "
+                f"max |loss - reference| {'<= ' + format(LOSS_TOLERANCE, 'g') if worst <= LOSS_TOLERANCE else worst}",
+                loses_data=repeated_or_lost != 0)

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from engine_common import ROOT, cpu_env, deepspeed_cmd, read_metrics, write_run_config
 from fault_common import rank_processes
+from reliability_cases import exit_line, record_case
 from tiny_data import build_tiny_data
 
 from prealign_scale.dist import free_port
@@ -75,6 +76,9 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
     assert f"(phase lm, step {last['step']})" in results[0][1]
     resumed = read_metrics(run_dir)
     assert resumed[-1]["step"] == last["step"] + 1 and resumed[-2] == last
+    record_case("training", "SIGTERM to both ranks mid-run (srun-style tasks, a cluster pre-emption)",
+                "the step finishes, a checkpoint is written, exit 0, no DONE; the same command resumes at the next step",
+                f"exits {[0, 0]}; latest {tag} at the last logged step; resumed at step {resumed[-1]['step']}")
 
 
 def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path):
@@ -101,6 +105,9 @@ def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path):
     assert lines[0].startswith(f"[prealign] run.out_dir {run_dir} is in use by another job ({run_dir / 'LOCK'}: ")
     assert f"pid {procs[0].pid}," in lines[0]
     assert (run_dir / "config.yaml").read_text() == config_before  # the second job wrote nothing
+    record_case("training", "a second job on the same run.out_dir while one trains (before: both ran, every step "
+                "twice in metrics.jsonl)", "exit 2, one line naming the holder, nothing written",
+                f"{exit_line(second.returncode, lines[0])}; config.yaml unchanged: True")
 
     procs[1].send_signal(signal.SIGTERM)  # rank 1 only
     results = finish(procs)
@@ -112,6 +119,10 @@ def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path):
             in results[0][1]), results[0][1][-4000:]
     assert "run.stop_after reached" not in results[0][1]
     assert not (run_dir / "LOCK").exists()  # released at the exit
+    record_case("training", "SIGTERM to rank 1 only (before: rank 0 said `run.stop_after reached`)",
+                "the stop is agreed by every rank, the checkpoint saved, exit 0, the reason names rank 1",
+                f"exits {[rc for rc, _ in results]}; `SIGTERM received by rank 1: checkpoint {tag} saved; exiting`; "
+                f"every step logged once; LOCK released")
 
 
 def wait_lines(run_dir: Path, n: int, proc: subprocess.Popen, log: Path) -> None:
@@ -155,6 +166,9 @@ def test_sigterm_to_the_launcher_checkpoints_before_it_exits(tmp_path):
     assert (run_dir / "checkpoints/latest").read_text() == tag
     assert (run_dir / "checkpoints" / tag / "COMPLETE").stat().st_mtime <= t_exit  # written before the exit
     assert not (run_dir / "DONE").exists()
+    record_case("training", "SIGTERM to launchers/supervise.py deepspeed ... mid-run",
+                "reaches both ranks; the checkpoint is complete before the supervisor exits 0",
+                f"supervisor exit {rc}; {tag} COMPLETE before the exit; no rank outlived it")
 
     # (b) the bare deepspeed command, resuming: SIGTERM to it
     log = tmp_path / "bare.log"
@@ -180,3 +194,7 @@ def test_sigterm_to_the_launcher_checkpoints_before_it_exits(tmp_path):
     assert (f"the deepspeed launcher (pid {runner.pid}) exited: checkpoint {run_dir / 'checkpoints' / tag} saved"
             in out), out[-6000:]
     assert (run_dir / "checkpoints/latest").read_text() == tag
+    record_case("training", "SIGTERM to the bare deepspeed command (before: it died and the ranks trained on "
+                "unsupervised, no checkpoint)", "each rank notices its launcher is gone, checkpoints and exits 0",
+                f"runner gone at once; `the deepspeed launcher (pid N) exited: checkpoint {tag} saved`; "
+                "no rank left running; every step logged once")

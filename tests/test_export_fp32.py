@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "dist_scripts"))
 
 from engine_common import ROOT, cpu_env, launch, write_run_config
 from fault_common import flip_byte, truncate_half
+from reliability_cases import exit_line, record_case
 from tiny_data import build_tiny_data
 
 pytestmark = pytest.mark.slow
@@ -75,10 +76,19 @@ def test_damaged_checkpoint_is_refused_naming_the_file(run, damage, named):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"[export_fp32] error: {copy / 'checkpoints' / TAG}: damaged, not exported: ")
     assert named in lines[0]
-    assert sorted(p.name for p in copy.iterdir()) == ["checkpoints"]  # nothing written
+    written = sorted(p.name for p in copy.iterdir())
+    assert written == ["checkpoints"]  # nothing written
+    damaged = {"sha256": "a flipped byte in a model-states file", "has": "an optimizer file cut to half its size",
+               "marker": "the marker COMPLETE deleted"}
+    what = next(text for word, text in damaged.items() if word in named.split())
+    record_case("export", f"export_fp32.py of a checkpoint with {what}",
+                "exit 2, one line naming the file, nothing written",
+                f"{exit_line(proc.returncode, proc.stderr)}; written: {written[1:] or 'nothing'}")
 
 
 def test_missing_checkpoint_is_refused(tmp_path):
     proc = export(tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert f"{tmp_path}/checkpoints/latest: no such file" in proc.stderr
+    record_case("export", "export_fp32.py of a run folder without checkpoints", "exit 2, one line",
+                exit_line(proc.returncode, proc.stderr))

@@ -14,7 +14,8 @@
    the job exits non-zero, `latest` still names the previous checkpoint, intact, and the partial tag is gone.
 
 Measured figures (detection times, samples lost) go to $PREALIGN_RELIABILITY_JSON (default: pytest's
-basetemp/reliability.json); docs/reliability.md summarises them. No timing is asserted, only hang guards.
+basetemp/reliability.json); docs/reliability.md points to them. No timing is asserted, only hang guards.
+Each fault also records itself as a case of docs/reliability.md's table (tests/reliability_cases.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from fault_common import (
     wait_for,
     write_figures,
 )
+from reliability_cases import first_line, record_case
 
 from prealign_scale.data.shard_reader import epoch_shard_order, load_manifest
 from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager
@@ -129,18 +131,27 @@ def test_manifest_and_marker_catch_each_damage(tmp_path):
     files = {"a.pt": {"bytes": 100, "sha256": hashlib.sha256(b"x" * 100).hexdigest()}}
     write_manifest_and_marker(folder, folder.name, files)
     assert read_manifest(folder) == (None, files) and check_files(folder, files, ["a.pt"]) == []
+    seen = {}  # case -> the reason the check gave (docs/reliability.md)
     (folder / "a.pt").write_bytes(b"x" * 99 + b"y")
-    assert check_files(folder, files, ["a.pt"]) == ["a.pt: sha256 differs from the manifest (corrupted)"]
+    seen["one byte of a checkpoint file changed"] = check_files(folder, files, ["a.pt"])
+    assert seen["one byte of a checkpoint file changed"] == ["a.pt: sha256 differs from the manifest (corrupted)"]
     (folder / "a.pt").write_bytes(b"x" * 10)
-    assert check_files(folder, files, ["a.pt"]) == ["a.pt has 10 bytes, the manifest says 100 (truncated or rewritten)"]
+    seen["a checkpoint file truncated"] = check_files(folder, files, ["a.pt"])
+    assert seen["a checkpoint file truncated"] == ["a.pt has 10 bytes, the manifest says 100 (truncated or rewritten)"]
     (folder / "a.pt").unlink()
-    assert check_files(folder, files, ["a.pt"]) == ["a.pt is missing"]
+    seen["a checkpoint file deleted"] = check_files(folder, files, ["a.pt"])
+    assert seen["a checkpoint file deleted"] == ["a.pt is missing"]
     (folder / MANIFEST).write_text((folder / MANIFEST).read_text().replace("100", "101"))
+    seen["manifest.json edited"] = [read_manifest(folder)[0]]
     assert read_manifest(folder) == (f"{MANIFEST} does not match the digest in {MARKER} (corrupted)", None)
     (folder / MARKER).unlink()
+    seen["the marker COMPLETE deleted"] = [read_manifest(folder)[0]]
     assert read_manifest(folder)[0].startswith(f"no completeness marker {MARKER}")
     (folder / MANIFEST).unlink()
     assert read_manifest(folder) == (None, None)  # state.json alone: a folder from before checksums (legacy)
+    for case, reasons in seen.items():
+        record_case("checkpoints", f"integrity rule: {case}", "the tag is found damaged, with the reason",
+                    f"reason `{reasons[0]}`")
 
 
 def test_write_error_on_a_full_disk_says_enospc_and_where(tmp_path):
@@ -157,6 +168,8 @@ def test_write_error_on_a_full_disk_says_enospc_and_where(tmp_path):
         assert f", while writing {target} (" in msg and "MiB free of 0.1 MiB on that filesystem)" in msg
         exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         assert describe_write_error(exc, target).startswith(f"No space left on device (ENOSPC), while writing {target}")
+        record_case("checkpoints", "torch.save into a full filesystem (a bare RuntimeError)",
+                    "the message says ENOSPC and where", f"`{msg}`")
     finally:
         unmount(disk)
 
@@ -188,6 +201,9 @@ def test_dead_peer_fails_the_survivor_at_once(peer_faults, figures):
     rec = failure_record(out)
     assert rc == 3 and rec["rank"] == 0, out[-3000:]
     assert "Connection reset by peer" in rec["error"] or "Connection closed by peer" in rec["error"], rec
+    record_case("training", "a peer SIGKILLed, no launcher (the engine's own process groups)",
+                "the survivor fails at once with a one-line reason and exits non-zero",
+                f"exit {rc}, rank 0: `{'Connection reset by peer' if 'reset' in rec['error'] else 'Connection closed by peer'}`")
     figures["dead_peer"] = {"detect_s": round(rec["t_error"] - t_fault, 3), "exit_s": round(exit_s, 1),
                             "error": rec["error"]}
 
@@ -199,6 +215,9 @@ def test_stalled_peer_fails_the_survivor_after_dist_timeout(peer_faults, figures
     assert rc == 3 and rec["rank"] == 0, out[-3000:]
     # dist.timeout_minutes=0.1 holds on megatron's data-parallel group (its own default would be 30 minutes)
     assert "Timed out waiting 6000ms" in rec["error"], rec
+    record_case("training", "a peer stopped with SIGSTOP (hung), dist.timeout_minutes=0.1",
+                "the survivor fails after the configured timeout, on megatron's groups too",
+                f"exit {rc}, rank 0: collective `Timed out waiting 6000ms`")
     figures["stalled_peer"] = {"detect_s": round(rec["t_error"] - t_fault, 3), "exit_s": round(exit_s, 1),
                                "timeout_minutes": 0.1, "error": rec["error"]}
 
@@ -235,6 +254,11 @@ def test_sigkill_of_a_rank_ends_the_job_and_a_restart_resumes_exactly(tmp_path, 
     assert f"resuming from {run / 'checkpoints' / tag} (phase lm, step {step})" in out
     assert read_metrics(run) == read_metrics(reference)  # bitwise: every loss, lr and token count
     assert checkpoint_differences(run / "checkpoints" / TAG[STEPS], reference / "checkpoints" / TAG[STEPS]) == []
+    tokens_lost = read_metrics(reference)[-1]["tokens"] - read_metrics(run)[-1]["tokens"]
+    record_case("training", "rank 1 SIGKILLed mid-run (after step 3), deepspeed launcher; then the same command",
+                "the job ends non-zero; the restart resumes from the last checkpoint, bitwise the reference",
+                f"job exit {rc if rc else 'non-zero'}; resumed from {tag}; metrics.jsonl bitwise the reference's: True; "
+                f"tokens lost: {tokens_lost}", loses_data=tokens_lost != 0)
     figures["sigkill"] = {"survivor_exit_s": round(survivor_exit_s, 1), "job_exit_s": round(job_exit_s, 1),
                           "steps_logged_before_kill": logged,
                           "resumed_from_step": step, "steps_redone": logged - step,
@@ -260,6 +284,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(kind, reference, t
             f"{TAG[6]}") in capsys.readouterr().err
     assert (root / "latest").read_text() == TAG[6]
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [TAG[2], TAG[4], TAG[6], TAG[8] + ".damaged"]
+    record_case("checkpoints", f"latest checkpoint damaged: {kind.replace('_', ' ')}",
+                "found at start; the previous tag is used with a warning naming both; the damaged one set aside",
+                f"fell back {TAG[8]} -> {info.tag}; reason `{why}`; set aside as {TAG[8]}.damaged")
     figures.setdefault("damaged_checkpoint", {})[kind] = {"detect_s": round(detect_s, 4), "reason": why}
 
 
@@ -281,6 +308,11 @@ def test_resume_passes_over_damaged_checkpoints_with_the_reference_losses(refere
     for step in (4, 6, 8):  # trained again: the reference's weights, optimizer states, loader positions, RNG
         assert checkpoint_differences(root / TAG[step], reference / "checkpoints" / TAG[step]) == []
         assert (root / (TAG[step] + ".damaged")).is_dir()
+    tokens_lost = read_metrics(reference)[-1]["tokens"] - read_metrics(run)[-1]["tokens"]
+    record_case("checkpoints", "lm-step8 a flipped byte, lm-step6 no marker, lm-step4 truncated; real resume",
+                "three warnings; resumes from lm-step2 with bitwise the reference's losses and checkpoints",
+                f"exit {rc}; resumed from {TAG[2]}; metrics.jsonl bitwise the reference's: True; tokens lost: "
+                f"{tokens_lost}", loses_data=tokens_lost != 0)
     figures["damaged_checkpoint_run"] = {"fallbacks": 3, "resumed_from_step": 2,
                                          "tokens_lost": read_metrics(reference)[-1]["tokens"]
                                          - read_metrics(run)[-1]["tokens"],
@@ -309,6 +341,9 @@ def test_truncated_shard_stops_the_job_naming_shard_and_sample(bad_shard, tmp_pa
             f"sample key {last_good}") in out, out[-6000:]
     assert "[prealign] rank 1: training failed: ShardCorruptError:" in out and "data.skip_corrupt=true" in out
     assert metric_lines(tmp_path / "run") == 0
+    record_case("training", "a shard truncated inside its 4th sample, data.verify_sha256=false",
+                "the job stops non-zero at its first read, naming shard and sample; nothing trained",
+                f"exit non-zero ({rc}); `{first_line(out[out.index(str(path) + ': only'):])}`; steps logged: 0")
     figures["corrupt_shard_error"] = {"launch_to_exit_s": round(secs, 1), "failed_at_step": 1}
 
 
@@ -326,6 +361,10 @@ def test_truncated_shard_is_skipped_and_counted_with_the_switch(bad_shard, tmp_p
     assert [r["skipped_samples_total"] for r in recs] == [sum(per_step[: s + 1]) for s in range(4)]
     assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in recs)
     assert f"{path}: only 3 of {per_shard} samples could be read" in out
+    record_case("training", "the same truncated shard with data.skip_corrupt=true",
+                "the run trains on; each unreadable sample a padding row, counted in metrics.jsonl",
+                f"exit {rc}; unreadable samples: {per_shard - 3}, counted skipped_samples_total: "
+                f"{recs[-1]['skipped_samples_total']} (of the steps run); readable samples lost: 0")
     figures["corrupt_shard_skip"] = {"unreadable_samples": per_shard - 3, "skipped_counted": sum(per_step),
                                      "readable_samples_lost": 0, "run_s": round(secs, 1)}
 
@@ -350,6 +389,9 @@ def test_flipped_id_byte_stops_the_job_naming_the_shard(data, tmp_path_factory, 
     assert f"{path}: sha256 " in out and "differs from the manifest's" in out, out[-6000:]
     assert "[prealign] rank 1: training failed: ShardCorruptError:" in out
     assert metric_lines(tmp_path / "run") == 0
+    record_case("training", "one byte of an input id flipped in a shard (the id stays in the vocabulary)",
+                "the shard's sha256 check at its first read stops the job naming the shard; nothing trained",
+                f"exit non-zero ({rc}); `{first_line(out[out.index(str(path) + ': sha256'):])}`; steps logged: 0")
     figures["flipped_shard_byte"] = {"launch_to_exit_s": round(secs, 1), "failed_at_step": 1}
 
 
@@ -382,5 +424,8 @@ def test_full_disk_keeps_the_previous_checkpoint(reference, data, tmp_path, figu
         assert read_metrics(run) == read_metrics(reference)[:4]
     finally:
         unmount(disk)
+    record_case("checkpoints", "disk full while writing checkpoint lm-step4 (a size-limited tmpfs)",
+                "one line saying ENOSPC and where; exit non-zero; latest still names the previous tag, intact",
+                f"exit {rc}; `{lines[0][:lines[0].index(' (')]}`; latest: {TAG[2]}, verified; partial tag removed")
     figures["disk_full"] = {"tmpfs_kib": size_kib, "launch_to_exit_s": round(secs, 1), "failed_tag": TAG[4],
                             "kept_tag": TAG[2], "samples_lost": 0}

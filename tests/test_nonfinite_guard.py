@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from engine_common import ROOT, cpu_env, write_run_config
+from reliability_cases import record_case
 from tiny_data import build_tiny_data
 
 from prealign_scale.dist import free_port
@@ -60,3 +61,11 @@ def test_nan_loss_skips_then_stops_with_the_last_good_checkpoint(tmp_path):
     assert (run_dir / "checkpoints/latest").read_text() == f"lm-step{4:08d}"
     assert not (run_dir / "DONE").exists() and not (run_dir / "hf").exists()
     assert not (run_dir / "LOCK").exists()  # released on a failed run too
+    record_case("training", "NaN loss on rank 1 at steps 3 and 6, run.max_bad_steps=1 (before: lm.lr=.inf trained "
+                "NaN to exit 0 with DONE and a NaN export)",
+                "one bad step skipped and logged; the second stops the run: one line, exit non-zero, the last good "
+                "checkpoint kept, no DONE, no export",
+                f"exits {[rc for rc, _ in results]}; step 3 `bad_step` logged, its update dropped; "
+                f"`{lines[0][lines[0].index('non-finite'):]}`; "
+                f"latest lm-step{4:08d}; DONE: False, hf/: False",
+                loses_data=False)  # step 3's update is dropped on purpose and logged: not silent

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kjv_sample import kjv_lines, train_tokenizer_on
+from reliability_cases import raised, record_case
 
 from prealign_scale.data.build_config import BuildConfig
 from prealign_scale.data.build_shards import build_shards
@@ -80,6 +81,12 @@ def test_broken_meta_named_and_other_shards_still_checked(built, tmp_path):
     assert out.returncode == 1 and out.stderr == ""
     assert out.stdout.splitlines()[0] == f"BAD: 2 of 4 shards in {bad} have problems:"
     assert f"  shard-000001.tar: {bad / 'shard-000001.tar'}: sample {k1}: meta.json field 'langs'" in out.stdout
+    record_case("data tools", "verify_shards.py on a folder with 2 of 4 shards edited (a renamed meta field; "
+                "a language not in the manifest, a doc id too many)",
+                "exit 1, every bad shard named with each reason, the other shards checked to the end",
+                f"exit {out.returncode}, `{out.stdout.splitlines()[0]}`; problems: "
+                f"{', '.join(f'{k}: {len(v)}' for k, v in sorted(report.problems.items()))}; "
+                f"shards checked: {report.shards_checked}")
 
 
 def test_damaged_manifest_is_reported_not_raised(built, tmp_path):
@@ -92,6 +99,8 @@ def test_damaged_manifest_is_reported_not_raised(built, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(m))
     report = verify_shards(bad)
     assert report.problems == {"manifest.json": ["shards[2]: missing field(s) ['sha256']"]}
+    record_case("data tools", "verify_shards on a manifest missing a shard's sha256", "reported, not raised",
+                f"problem `manifest.json: {report.problems['manifest.json'][0]}`")
 
 
 @pytest.mark.parametrize("meta, message", [
@@ -111,3 +120,5 @@ def test_decode_sample_names_bad_meta_fields(meta, message):
     with pytest.raises(SampleFormatError) as err:
         decode_sample(raw)
     assert str(err.value) == f"s/shard-000007.tar: sample 000007-000003: {message}"
+    record_case("data tools", f"a shard sample whose meta.json is {json.dumps(meta)}",
+                "SampleFormatError naming the shard, the sample and the field", raised(err.value))
