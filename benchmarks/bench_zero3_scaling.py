@@ -11,9 +11,12 @@ memory   the 150m preset (vocab 50304), a few steps at micro-batch 1 x seq 64, i
          torch's AdamW and the CPU config's 5e7-element buckets). After the last step each rank reads the sizes
          of what DeepSpeed really allocated:
            params     sum of every parameter's ZeRO-3 partition, ``p.ds_tensor`` (padded to a multiple of the
-                      rank count; persistent small parameters are whole on every rank)
+                      rank count; the whole copies that parameters under
+                      ``stage3_param_persistence_threshold`` also keep, 25 x 768 norm weights in 150m, are not
+                      counted)
            grads      the optimizer's ``grad_partitions_flat_buffer`` (fp32)
-           optimizer  the fp32 master partitions (``fp32_partitioned_groups_flat``) + every tensor of the inner
+           optimizer  the fp32 master partitions (``fp32_partitioned_groups_flat``; counted once where
+                      one shares the weight partition's storage) + every tensor of the inner
                       optimizer's state (Adam exp_avg, exp_avg_sq)
          plus the process's resident memory (VmRSS, VmHWM) for scale. Compared with DeepSpeed's
          ``estimate_zero3_model_states_mem_needs`` (total and largest-layer counts taken from the built model,
@@ -114,7 +117,9 @@ def measured_model_states(engine) -> dict:
     model, zero = engine.module, engine.optimizer
     params = sum(_nbytes(p.ds_tensor) for p in model.parameters())
     grads = _nbytes(zero.grad_partitions_flat_buffer)
-    master = sum(_nbytes(t) for t in zero.fp32_partitioned_groups_flat)
+    # DeepSpeed may use an fp32 weight partition itself as the master copy (same storage): count it once
+    weight_flats = {t.data_ptr() for t in zero.fp16_partitioned_groups_flat}
+    master = sum(_nbytes(t) for t in zero.fp32_partitioned_groups_flat if t.data_ptr() not in weight_flats)
     moments = sum(_nbytes(v) for state in zero.optimizer.state.values() for v in state.values()
                   if hasattr(v, "numel") and v.numel() > 1)  # not the scalar step counters
     buffers = sum(_nbytes(b.buffer) for b in getattr(zero, "ipg_buckets", {}).values()
