@@ -81,11 +81,12 @@ def hosts(tmp_path_factory):
             "#!/bin/sh\n"
             "# Open MPI remote-launch agent: AGENT <host> <command line>; runs the line in the host's namespace.\n"
             "host=$1; shift\n"
+            f"echo \"$host $*\" >> {agent.parent / 'calls.log'}\n"
             f"case $host in {ADDR['a']}) ns={ns['a']};; {ADDR['b']}) ns={ns['b']};;\n"
             "  *) echo \"netns_agent: unknown host $host\" >&2; exit 1;; esac\n"
             "exec ip netns exec \"$ns\" sh -c \"$*\"\n")
         agent.chmod(0o755)
-        yield {"ns": ns, "agent": agent}
+        yield {"ns": ns, "agent": agent, "calls": agent.parent / "calls.log"}
     finally:
         for n in ns.values():
             remove_namespace(n)
@@ -151,6 +152,12 @@ def file_hashes(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def remote_launches(hosts: dict) -> list[str]:
+    """The hosts the agent was asked to start something on so far (one line per call)."""
+    calls = hosts["calls"]
+    return [x.split()[0] for x in calls.read_text().splitlines()] if calls.exists() else []
+
+
 def mpirun_two_hosts(agent: Path) -> list[str]:
     """mpirun options for one rank on each namespace host, remote ranks started by the agent, MPI traffic
     (out-of-band and TCP transport) on the veth subnet."""
@@ -212,6 +219,7 @@ def test_shard_builder_mpirun_across_hosts(hosts, tiny_data, tmp_path):
                 "--samples-per-shard", "8", "--shard-multiple", "4", "--docs-per-chunk", "16"]
 
     one, two = tmp_path / "one_host", tmp_path / "two_hosts"
+    before = len(remote_launches(hosts))
     check(subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--mca", "btl",
                           "self,vader", "--mca", "oob_tcp_if_include", "lo", *build(one)], cwd=ROOT,
                          env=cpu_env(), capture_output=True, text=True, timeout=300, check=False),
@@ -220,8 +228,30 @@ def test_shard_builder_mpirun_across_hosts(hosts, tiny_data, tmp_path):
                                                   *build(two)]),
                          cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300, check=False),
           "two-host mpirun")
+    assert remote_launches(hosts)[before:] == [ADDR["b"]]  # host B's daemon was started in B's namespace
     want = file_hashes(one)
     assert any(k.startswith("shard-") for k in want) and len(want) >= 5  # 4 shards and the manifest at least
     assert file_hashes(two) == want
     # both ranks built chunks (round-robin over ranks), so both hosts did work
     assert len(list((two / ".work/chunks").iterdir())) >= 2
+
+
+def test_deepspeed_launcher_openmpi_hostfile(hosts, tiny_data, single_host_run, tmp_path):
+    """`deepspeed --hostfile H --launcher openmpi` on host A: DeepSpeed's runner builds an `mpirun` over both
+    hosts (its default `--mca btl_tcp_if_include eth0` is the veth here); ranks find themselves from OMPI_*."""
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun is not installed (apt-get install -y openmpi-bin libopenmpi-dev; scripts/install.sh)")
+    hostfile, out = tmp_path / "hostfile", tmp_path / "run"
+    hostfile.write_text(f"{ADDR['a']} slots=1\n{ADDR['b']} slots=1\n")
+    # The runner's ssh check and its ssh `hostname -I` probe are skipped (--no_ssh_check, --master_addr); the
+    # openmpi runner does not pass MASTER_ADDR on to the ranks, so mpirun exports it (-x), with gloo's link.
+    launcher_args = ["--allow-run-as-root", "--mca", "plm_rsh_agent", str(hosts["agent"]), "--mca",
+                     "oob_tcp_if_include", SUBNET, "-x", f"MASTER_ADDR={ADDR['a']}", "-x", f"GLOO_SOCKET_IFNAME={LINK}"]
+    cmd = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--launcher", "openmpi", "--no_ssh_check",
+           "--master_addr", ADDR["a"], "--launcher_args", " ".join(launcher_args), *run_args(tiny_data, out)]
+    before = len(remote_launches(hosts))
+    log = check(subprocess.run(in_ns(hosts["ns"]["a"], cmd), cwd=ROOT, env=cpu_env(), capture_output=True,
+                               text=True, timeout=300, check=False), "deepspeed --launcher openmpi")
+    assert "mpirun -n 2 -hostfile" in log and f"run finished: {out}" in log
+    assert remote_launches(hosts)[before:] == [ADDR["b"]]
+    assert_same_run(out, single_host_run)
