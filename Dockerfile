@@ -14,15 +14,21 @@
 
 ARG CUDA_VERSION=12.8.1
 ARG UBUNTU_VERSION=24.04
+# The two bases, as build arguments so that another base can be substituted: scripts/image_smoke.sh builds both
+# stages on a local Debian base (no GPU, no registry) with DS_CUDA_OPS=0 and the CPU torch wheel.
+ARG BUILD_BASE=nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu${UBUNTU_VERSION}
+ARG RUNTIME_BASE=nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu${UBUNTU_VERSION}
 
 # ---------------------------------------------------------------------------------------------------------
 # build: compilers + CUDA toolkit; a venv with CUDA torch, DeepSpeed with pre-built ops, mpi4py against Open MPI
-FROM nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu${UBUNTU_VERSION} AS build
+FROM ${BUILD_BASE} AS build
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG DEEPSPEED_VERSION=0.19.8
 ARG TE_VERSION=""
+# 1: DeepSpeed's CUDA ops compiled at build time and checked (needs nvcc: the CUDA devel base); 0: none pre-built
+ARG DS_CUDA_OPS=1
 # GPU architectures the pre-built DeepSpeed ops are compiled for: A100 (8.0), A10/L40 (8.6, 8.9), H100/H200 (9.0)
 ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
 
@@ -47,9 +53,13 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
  && pip install setuptools==84.2.1 wheel==0.48.0 packaging==26.4 ninja==1.13.2
 
 # 2. DeepSpeed with its CUDA ops compiled now (no JIT build at the first training step, no nvcc at run time).
-RUN DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_UTILS=1 \
-    pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
- && python -c "from deepspeed.git_version_info import installed_ops as ops; assert ops['fused_adam'], ops"
+RUN if [ "${DS_CUDA_OPS}" = 1 ]; then \
+      export DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_UTILS=1; \
+    fi \
+ && pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
+ && if [ "${DS_CUDA_OPS}" = 1 ]; then \
+      python -c "from deepspeed.git_version_info import installed_ops as ops; assert ops['fused_adam'], ops"; \
+    fi
 
 # 3. Optional Transformer Engine (built from source against this torch).
 RUN if [ -n "${TE_VERSION}" ]; then \
@@ -66,7 +76,7 @@ RUN PIP_NO_BINARY=mpi4py pip install /src \
 
 # ---------------------------------------------------------------------------------------------------------
 # runtime: CUDA runtime libraries, Open MPI + PMIx, the venv, the code; a non-root user
-FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu${UBUNTU_VERSION} AS runtime
+FROM ${RUNTIME_BASE} AS runtime
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
