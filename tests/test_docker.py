@@ -95,9 +95,79 @@ def stages(text: str) -> list[tuple[str, str]]:
     return re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE)
 
 
+def global_args(text: str) -> dict[str, str]:
+    """name -> default of the ARGs declared before the first FROM (the only ones a FROM line can use)."""
+    head = text[: re.search(r"^FROM\s", text, flags=re.MULTILINE).start()]
+    return dict(re.findall(r"^ARG\s+([A-Z_]+)=\"?([^\s\"]*)\"?", head, flags=re.MULTILINE))
+
+
+def expand(value: str, args: dict[str, str]) -> str:
+    """`value` with every ${NAME} replaced by its ARG default, repeatedly (a default may name other ARGs)."""
+    for _ in range(10):
+        value = re.sub(r"\$\{([A-Z_]+)\}", lambda m: args[m.group(1)], value)
+    return value
+
+
+def test_dockerfile_bases_are_build_arguments():
+    """Both bases are ARGs (scripts/image_smoke.sh substitutes a local Debian base), whose defaults are the CUDA
+    devel / runtime images of one CUDA and Ubuntu version."""
+    text = DOCKERFILE.read_text()
+    (build_base, _), (final_base, _) = stages(text)
+    assert (build_base, final_base) == ("${BUILD_BASE}", "${RUNTIME_BASE}")
+    args = global_args(text)
+    assert args["BUILD_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu${UBUNTU_VERSION}"
+    assert args["RUNTIME_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu${UBUNTU_VERSION}"
+    assert expand(build_base, args) == f"nvidia/cuda:{args['CUDA_VERSION']}-cudnn-devel-ubuntu{args['UBUNTU_VERSION']}"
+    # DeepSpeed's CUDA ops are pre-built by default (DS_CUDA_OPS=0 only for a base without nvcc)
+    assert re.search(r"^ARG DS_CUDA_OPS=1$", text, flags=re.MULTILINE)
+
+
+def test_expand_resolves_nested_args():
+    args = {"A": "x${B}", "B": "y", "BASE": "img:${A}-z"}
+    assert expand("${BASE}", args) == "img:xy-z"
+
+
+def test_image_smoke_script_agrees_with_the_dockerfile():
+    """scripts/image_smoke.sh (too slow for the tests: run by hand) passes only build arguments the Dockerfile
+    declares, looks for the torch wheel of the Dockerfile's pin, and uses what the image copies."""
+    text, script = DOCKERFILE.read_text(), (ROOT / "scripts" / "image_smoke.sh").read_text()
+    declared = set(re.findall(r"^ARG\s+([A-Z_]+)", text, flags=re.MULTILINE))
+    passed = set(re.findall(r"--build-arg\s+([A-Z_]+)=", script))
+    assert {"BUILD_BASE", "RUNTIME_BASE", "DS_CUDA_OPS", "TORCH_INDEX_URL"} <= passed
+    assert passed <= declared, f"build arguments the Dockerfile does not declare: {passed - declared}"
+    assert f"torch-{dockerfile_pins(text)['torch']}+cpu-" in script
+    for flag in ("--isolation chroot", "--format docker", "--storage-driver overlay", "--runtime runc",
+                 "--cgroup-manager cgroupfs", "nofile=20000:20000", "nproc=32768:32768"):
+        assert flag in script, flag
+    for path in ("configs/tiny.yaml", "data/embedded/kjv_train.jsonl.gz", "data_tools/train_tokenizer.py",
+                 "data_tools/build_shards.py", "data_tools/verify_shards.py", "data_tools/make_english_clone.py"):
+        assert path in script and (ROOT / path).exists(), path
+        assert any(path == src or path.startswith(src + "/") for src in copy_sources(text)), path
+
+
+def test_install_script_pins_match_the_dockerfile():
+    """scripts/install.sh (the CPU install) and the Dockerfile pin torch and liger-kernel alike."""
+    ours = dockerfile_pins(DOCKERFILE.read_text())
+    theirs = dockerfile_pins((ROOT / "scripts" / "install.sh").read_text())
+    assert theirs["torch"] == ours["torch"] == "2.13.0"
+    assert theirs["liger-kernel"] == ours["liger-kernel"]
+    mismatched = {k: (v, theirs[k]) for k, v in ours.items() if k in theirs and v != theirs[k]}
+    assert mismatched == {}, f"Dockerfile pin vs scripts/install.sh pin: {mismatched}"
+
+
+def copy_sources(text: str) -> list[str]:
+    """The build-context paths of every COPY (not COPY --from) of the Dockerfile."""
+    sources = []
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.MULTILINE):
+        words = [w for w in line.split() if not w.startswith("--")]
+        sources += words[:-1]
+    return sources
+
+
 def test_dockerfile_shape():
     text = DOCKERFILE.read_text()
     (build_base, build_name), (final_base, final_name) = stages(text)
+    build_base, final_base = expand(build_base, global_args(text)), expand(final_base, global_args(text))
     assert (build_name, final_name) == ("build", "runtime")
     assert build_base.startswith("nvidia/cuda:") and "-devel-" in build_base
     assert final_base.startswith("nvidia/cuda:") and "-runtime-" in final_base
@@ -127,12 +197,13 @@ def test_copy_sources_exist_and_are_in_the_build_context():
                 if ln.strip() and not ln.startswith("#")]
     assert not any(p.startswith("!") for p in patterns)
     assert {".venv", "runs", ".git", "tests"} <= set(patterns)
-    sources = []
-    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", DOCKERFILE.read_text(), flags=re.MULTILINE):
-        words = [w for w in line.split() if not w.startswith("--")]
-        sources += words[:-1]
+    sources = copy_sources(DOCKERFILE.read_text())
     assert "prealign_scale" in sources and "launchers" in sources and "pyproject.toml" in sources
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: no such path in the repository"
         assert not dockerignore_excludes(src, patterns), f"COPY {src}: excluded by .dockerignore"
     assert dockerignore_excludes("tests/test_docker.py", patterns)  # the matcher itself works
+    # the .dockerignore's own list of what the image needs is the Dockerfile's COPY sources
+    listed = re.search(r"The image needs only: (.+?) \(see", (ROOT / ".dockerignore").read_text(), flags=re.DOTALL)
+    listed = {p.strip().rstrip("/") for p in listed.group(1).replace("#", "").split(",")}
+    assert listed == set(sources), listed ^ set(sources)
