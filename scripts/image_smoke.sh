@@ -55,6 +55,10 @@ else
     [ -f "$f" ] && install -D -m 0600 "$f" "$R$f"
   done
   [ -f /etc/pip.conf ] && cp /etc/pip.conf "$R/etc/pip.conf"
+  # the invoking user's pip configuration (here: find-links to the wheel folder, the local indexes) -> root's
+  for f in "${XDG_CONFIG_HOME:-$HOME/.config}/pip/pip.conf" "$HOME/.pip/pip.conf"; do
+    [ -f "$f" ] && install -D -m 0600 "$f" "$R/root/.config/pip/pip.conf"
+  done
   [ -d /etc/xdg/pip ] && mkdir -p "$R/etc/xdg" && cp -r /etc/xdg/pip "$R/etc/xdg/"
   # CA certificates: the local ones (kept by any later update-ca-certificates) and the whole bundle
   cp /usr/local/share/ca-certificates/*.crt "$R/usr/local/share/ca-certificates/" 2>/dev/null || true
