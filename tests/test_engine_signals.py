@@ -28,22 +28,37 @@ pytestmark = pytest.mark.slow
 
 
 def start_slurm_tasks(config: Path, port: int, *overrides: str) -> list[subprocess.Popen]:
+    """Two srun-style tasks of launchers/pretrain.py. Each task's output goes to a log file next to the config
+    (never a pipe: a rank writing more than a pipe holds while nobody reads it would block mid-training, and
+    its peer with it, e.g. the progress bar of a long run)."""
     procs = []
     for rank in range(2):
         env = cpu_env(SLURM_PROCID=rank, SLURM_LOCALID=rank, SLURM_NTASKS=2, SLURM_JOB_NUM_NODES=1,
                       SLURM_JOB_ID=4242, MASTER_PORT=port)
         env.pop("MASTER_ADDR")  # discovered: one node -> 127.0.0.1
         cmd = [sys.executable, "launchers/pretrain.py", "--config", str(config), *overrides]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        log = config.parent / f"task{rank}.{port}.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc.log = log  # type: ignore[attr-defined]
+        procs.append(proc)
     return procs
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    """Wait for every task (the deadline is shared); (exit code, its whole output) per task."""
+    deadline = time.time() + timeout
     out = []
     for p in procs:
-        o, e = p.communicate(timeout=timeout)
-        out.append((p.returncode, o + e))
+        try:
+            p.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for q in procs:  # never leave a hung task behind
+                q.kill()
+                q.wait()
+            raise AssertionError(f"task still running after {timeout} s; its output:\n"
+                                 + p.log.read_text()[-4000:]) from None
+        out.append((p.returncode, p.log.read_text()))
     return out
 
 

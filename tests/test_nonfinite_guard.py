@@ -32,9 +32,10 @@ def run_tasks(config: Path, nan_steps: str, *overrides: str) -> list[tuple[int, 
         env.pop("MASTER_ADDR")
         env.pop("SLURM_JOB_ID", None)
         cmd = [sys.executable, "tests/dist_scripts/nan_pretrain.py", "--config", str(config), *overrides]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
-    return [(p.wait(timeout=600), p.stdout.read()) for p in procs]
+        log = config.parent / f"task{rank}.log"  # a file, not a pipe: an unread pipe can fill and block a rank
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True))
+    return [(p.wait(timeout=600), (config.parent / f"task{r}.log").read_text()) for r, p in enumerate(procs)]
 
 
 def test_nan_loss_skips_then_stops_with_the_last_good_checkpoint(tmp_path):
