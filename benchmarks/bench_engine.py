@@ -52,8 +52,9 @@ def run_plain(a) -> dict:
     import torch
     import torch.distributed as dist
 
+    from prealign_scale.data.packed_masks import attention_mask_from_segments
     from prealign_scale.data.shard_format import IGNORE_INDEX, Manifest
-    from prealign_scale.data.shard_reader import ShardLoader, attention_mask_from_segments
+    from prealign_scale.data.shard_reader import ShardLoader
     from prealign_scale.model.builder import build_gpt_model
     from prealign_scale.model.parallel import init_model_parallel
     from prealign_scale.model.presets import get_preset

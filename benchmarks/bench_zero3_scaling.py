@@ -148,7 +148,7 @@ def worker(a) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from prealign_scale.data.shard_reader import causal_mask
+    from prealign_scale.data.packed_masks import causal_mask
     from prealign_scale.engine.deepspeed_setup import param_groups
     from prealign_scale.model.builder import build_gpt_model, ds_config_dtype
     from prealign_scale.model.parallel import MegatronMPU, init_model_parallel

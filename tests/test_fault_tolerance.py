@@ -53,7 +53,8 @@ from fault_common import (
 )
 from reliability_cases import first_line, record_case
 
-from prealign_scale.data.shard_reader import epoch_shard_order, load_manifest
+from prealign_scale.data.shard_order import epoch_shard_order
+from prealign_scale.data.shard_reader import load_manifest
 from prealign_scale.engine.checkpoint import CheckpointInfo, CheckpointManager
 from prealign_scale.engine.checkpoint_integrity import (
     MANIFEST,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prealign_scale.data.shard_reader import attention_mask_from_segments
+from prealign_scale.data.packed_masks import attention_mask_from_segments
 from prealign_scale.model import flex_attention as flex_module
 from prealign_scale.model.builder import (
     build_gpt_model,

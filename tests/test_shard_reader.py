@@ -13,6 +13,11 @@ import pytest
 import torch
 import webdataset as wds
 
+from prealign_scale.data.packed_masks import (
+    attention_mask_from_segments,
+    causal_mask,
+    position_ids_from_segments,
+)
 from prealign_scale.data.shard_format import (
     IGNORE_INDEX,
     Sample,
@@ -21,14 +26,8 @@ from prealign_scale.data.shard_format import (
     sample_key,
     shard_name,
 )
-from prealign_scale.data.shard_reader import (
-    ShardCorruptError,
-    ShardLoader,
-    attention_mask_from_segments,
-    causal_mask,
-    epoch_shard_order,
-    position_ids_from_segments,
-)
+from prealign_scale.data.shard_order import epoch_shard_order
+from prealign_scale.data.shard_reader import ShardCorruptError, ShardLoader
 
 SEQ = 8
 LANGS = ["clone", "en"]  # sorted, as the manifest stores them

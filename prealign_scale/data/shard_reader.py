@@ -4,7 +4,7 @@ Order of samples (a pure function of the manifest, ``seed``, ``dp_rank``, ``dp_w
 and ``micro_batch_size``):
 
 1. Epoch ``e`` visits all shards in an order that is a pure function of ``(seed, e)``
-   (:func:`epoch_shard_order`; manifest order when ``shuffle_shards=False``).
+   (`prealign_scale.data.shard_order.epoch_shard_order`; manifest order when ``shuffle_shards=False``).
 2. Rank ``r`` of ``R`` takes ``order[r::R]``; its reader ``w`` of ``n = max(1, num_workers)`` takes
    ``order[r::R][w::n]``, i.e. ``K = shards / (R * n)`` shards, read in that order, samples in tar order.
 3. Each reader cuts its sample stream of the epoch into micro-batches of ``micro_batch_size`` and **drops the
@@ -44,7 +44,6 @@ every sample of that shard becomes a padding row (which of them changed is unkno
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Iterator
@@ -56,6 +55,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from prealign_scale.data.packed_masks import position_ids_from_segments
 from prealign_scale.data.shard_format import (
     FORMAT_VERSION,
     IGNORE_INDEX,
@@ -65,6 +65,7 @@ from prealign_scale.data.shard_format import (
     decode_sample,
     file_sha256,
 )
+from prealign_scale.data.shard_order import epoch_shard_order, remaining_epoch_batches
 
 log = logging.getLogger(__name__)
 
@@ -103,43 +104,6 @@ def load_manifest(shard_dir: str | Path) -> Manifest:
         if not (shard_dir / s["name"]).is_file():
             raise FileNotFoundError(f"{path}: shards[{i}] {s['name']!r} is missing from {shard_dir}")
     return manifest
-
-
-def epoch_shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    """Shard indices in the order epoch ``epoch`` visits them: a pure function of (seed, epoch)."""
-    if not shuffle:
-        return list(range(n_shards))
-
-    def rank(i: int) -> bytes:
-        return hashlib.blake2b(f"{seed}/{epoch}/{i}".encode(), digest_size=8).digest()
-
-    return sorted(range(n_shards), key=rank)
-
-
-def position_ids_from_segments(segments: np.ndarray) -> np.ndarray:
-    """Position of every token within its document: restarts at 0 where the segment id changes (last axis)."""
-    seq_len = segments.shape[-1]
-    idx = np.broadcast_to(np.arange(seq_len, dtype=np.int64), segments.shape)
-    start = np.ones(segments.shape, dtype=bool)
-    start[..., 1:] = segments[..., 1:] != segments[..., :-1]
-    return idx - np.maximum.accumulate(np.where(start, idx, 0), axis=-1)
-
-
-def attention_mask_from_segments(segments: torch.Tensor) -> torch.Tensor:
-    """[b, s] segment ids -> BoolTensor [b, 1, s, s], True = blocked (megatron's convention).
-
-    Query i may attend key j iff j <= i and both lie in the same document.
-    """
-    s = segments.shape[-1]
-    future = torch.ones(s, s, dtype=torch.bool, device=segments.device).triu(1)
-    other_doc = segments[:, :, None] != segments[:, None, :]
-    return (future[None] | other_doc)[:, None]
-
-
-def causal_mask(b: int, s: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """BoolTensor [b, 1, s, s], True = blocked: plain causal attention (no document restriction)."""
-    future = torch.ones(s, s, dtype=torch.bool, device=device).triu(1)
-    return future[None, None].expand(b, 1, s, s)
 
 
 # ----------------------------------------------------------------------------------- worker-side stream
@@ -412,31 +376,6 @@ class _PendingReader:
             out["skipped"] = 0
             return out
         return self.stream._collate([self.stream._prepare(self._sample(i, j)) for i, j in refs])
-
-
-def remaining_epoch_batches(states: list[dict], manifest: Manifest) -> list[list[list[int]]]:
-    """The micro-batches of the current epoch the ranks of `states` (one state per old rank, in rank order)
-    have not read, as ``[shard index, sample index]`` lists, in the order the old run would have read them
-    (module docstring). Their pending micro-batches come first; padding micro-batches are dropped."""
-    cfg = states[0]["config"]
-    world, n, b = int(cfg["dp_world_size"]), int(cfg["readers"]), int(cfg["micro_batch_size"])
-    if len(states) != world:
-        raise ValueError(f"ShardLoader states: {len(states)} given, the layout has dp_world_size={world}")
-    pending = [s.get("pending", []) for s in states]
-    out = [pending[r][p] for p in range(max(map(len, pending))) for r in range(world) if p < len(pending[r])]
-    out = [mb for mb in out if mb]
-    epoch, done = int(states[0]["epoch"]), int(states[0]["batches"])
-    if done == 0:
-        return out  # at an epoch boundary (after any pending micro-batches): nothing else of this epoch
-    n_shards, per_shard = len(manifest.shards), int(manifest.shards[0]["samples"])
-    order = epoch_shard_order(n_shards, int(cfg["seed"]), epoch, bool(cfg["shuffle_shards"]))
-    batches_per_reader = (n_shards // (world * n)) * per_shard // b
-    for i in range(done, n * batches_per_reader):
-        for r in range(world):
-            shards = order[r::world][i % n :: n]  # reader (r, i % n)'s shards; its batch i // n
-            first = (i // n) * b
-            out.append([[shards[s // per_shard], s % per_shard] for s in range(first, first + b)])
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the loader

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from prealign_scale.config import Config, LMConfig
+from prealign_scale.data.packed_masks import attention_mask_from_segments
 from prealign_scale.data.shard_format import IGNORE_INDEX
-from prealign_scale.data.shard_reader import ShardCorruptError, ShardLoader, attention_mask_from_segments
+from prealign_scale.data.shard_reader import ShardCorruptError, ShardLoader
 from prealign_scale.dist import all_reduce_sum
 from prealign_scale.engine.device import compute_device
 from prealign_scale.engine.fused_lm_head import FUSED_HEAD_ATTR, attach_fused_lm_head

@@ -3,7 +3,7 @@
 With `SDPAttention`, a packed sample's per-document mask reaches SDPA as a dense boolean [b, 1, s, s]
 tensor: O(s²) memory and no flash kernel. Here the mask is a flex-attention *block mask* built from the
 [b, s] segment ids: query i may attend key j iff ``j <= i`` and both lie in the same document (the exact rule
-of `data.shard_reader.attention_mask_from_segments`). Tiles that are fully blocked are skipped, so the cost
+of `data.packed_masks.attention_mask_from_segments`). Tiles that are fully blocked are skipped, so the cost
 falls with the number of documents per row instead of growing with a dense mask.
 
 Interface: megatron's core-attention contract (see `sdpa_attention`), with one extension of what

@@ -126,7 +126,8 @@ def check_align(cfg, report: dict) -> None:
 
 
 def check_lm(cfg, report: dict) -> None:
-    from prealign_scale.data.shard_reader import ShardLoader, attention_mask_from_segments
+    from prealign_scale.data.packed_masks import attention_mask_from_segments
+    from prealign_scale.data.shard_reader import ShardLoader
     from prealign_scale.engine.deepspeed_setup import build_engine
     from prealign_scale.engine.lm_phase import LMPhase
     from prealign_scale.engine.run import seed_everything
