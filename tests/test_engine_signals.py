@@ -62,18 +62,23 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[in
     return out
 
 
-def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
-    data = tiny_data  # tests/conftest.py
-    run_dir = tmp_path / "run"
-    config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
-                              lm={"steps": 100000})
-    procs = start_slurm_tasks(config, free_port())
+def wait_for_training(procs: list[subprocess.Popen], run_dir: Path) -> None:
+    """Until the tasks have logged two steps (training runs); fails when a task exits or after 180 s."""
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 180
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
         assert all(p.poll() is None for p in procs), finish(procs)
         assert time.time() < deadline, "training did not start"
         time.sleep(0.2)
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
+    data = tiny_data  # tests/conftest.py
+    run_dir = tmp_path / "run"
+    config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
+                              lm={"steps": 100000})
+    procs = start_slurm_tasks(config, free_port())
+    wait_for_training(procs, run_dir)
     for p in procs:
         p.send_signal(signal.SIGTERM)
     results = finish(procs)
@@ -96,20 +101,15 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
                 f"exits {[0, 0]}; latest {tag} at the last logged step; resumed at step {resumed[-1]['step']}")
 
 
-def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path):
+def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path, tiny_data):
     """Issue 9 items 2 and 7, on one running job: a second job on the same run.out_dir exits 2 with one line and
     writes nothing; then SIGTERM reaches rank 1 only, and rank 0 reports that (not `run.stop_after reached`)."""
-    data = build_tiny_data(tmp_path / "data")
+    data = tiny_data  # tests/conftest.py
     run_dir = tmp_path / "run"
     config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
                               lm={"steps": 100000})
     procs = start_slurm_tasks(config, free_port())
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 180
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        assert all(p.poll() is None for p in procs), finish(procs)
-        assert time.time() < deadline, "training did not start"
-        time.sleep(0.2)
+    wait_for_training(procs, run_dir)
     config_before = (run_dir / "config.yaml").read_text()
     second = subprocess.run([sys.executable, "launchers/pretrain.py", "--config", str(config), "lm.steps=3"],
                             check=False,
