@@ -6,7 +6,8 @@ Writes OUT/runs/<run>.json (each run's eval results plus its probe records from 
 enough to commit), OUT/table.md (mean ± half-range over seeds per size and arm, from those JSON files, so
 the table regenerates without re-training: `--from-json`, rows in the sweep's order, byte for byte; its
 columns come from the results, for any language pair: `prealign_scale.eval.report.table_keys`),
-OUT/probe_phases.md (the training probe at init, after phase 1, at the end), and PNG plots: LM loss per
+OUT/probe_phases.md (the training probe at init, after phase 1, at the end), and PNG plots: the table as bars
+per arm with each seed a dot and each accuracy's chance / majority as lines (summary_<size>.png), LM loss per
 language and arm (loss_<size>.png), alignment cosine per layer over training (probe_<size>_<arm>.png; an
 absent axis drops out of the name: loss.png, probe_<arm>.png). The evaluator's probe at init and after phase 1 (with the
 unseen-composed group) is launchers/probe_phase1.py's.
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prealign_scale.eval.report import (
     compare_markdown,
+    plot_arm_summary,
     plot_loss_curves,
     plot_probe_over_training,
     table_keys,
@@ -104,10 +106,18 @@ def main(argv=None) -> int:
         print("error: no evaluated run", file=sys.stderr)
         return 2
     groups: dict[str, list[dict]] = {}
+    by_size: dict[str | None, dict[str, list[dict]]] = {}  # size -> arm -> results (for the summary plots)
     for r in rows:
         labels = r["labels"]
         groups.setdefault(f"{labels.get('size', '')} {labels.get('arm', '')}".strip(), []).append(r["results"])
-    (out / "table.md").write_text(compare_markdown(groups, table_keys([r["results"] for r in rows])))
+        by_size.setdefault(labels.get("size"), {}).setdefault(labels.get("arm") or r["name"], []).append(r["results"])
+    keys = table_keys([r["results"] for r in rows])
+    (out / "table.md").write_text(compare_markdown(groups, keys))
+    # the table as bars per size (each seed a dot, baselines as lines); knowledge baselines are lines there
+    plot_keys = [k for k in keys if not k.endswith((" majority", " subject-blind"))]
+    for size, arms in by_size.items():
+        plot_arm_summary(arms, plot_keys, out / plot_name("summary", size),
+                         title=f"{size or ''} arms: bars = mean over seeds, dots = runs".strip())
     (out / "probe_phases.md").write_text(probe_phase_table(rows))
     print((out / "table.md").read_text())
     if not a.from_json:  # plots need the run folders' metrics.jsonl
@@ -122,7 +132,7 @@ def main(argv=None) -> int:
             for arm, metrics in first_seed.items():
                 if probe_records(metrics):
                     plot_probe_over_training(metrics, out / plot_name("probe", size, arm))
-    print(f"[report] {len(rows)} runs -> {out}/ (table.md, probe_phases.md, runs/*.json, *.png)")
+    print(f"[report] {len(rows)} runs -> {out}/ (table.md, probe_phases.md, summary*.png, runs/*.json, *.png)")
     return 0
 
 

@@ -9,9 +9,11 @@ import pytest
 
 from prealign_scale.eval.io import EvalInputError
 from prealign_scale.eval.report import (
+    baselines,
     compare_markdown,
     headline,
     markdown_report,
+    plot_arm_summary,
     plot_loss_curves,
     plot_probe_over_training,
     write_results,
@@ -94,3 +96,26 @@ def test_bad_metrics_line_is_named(tmp_path):
     p.write_text('{"phase": "lm", "step": 1, "loss_en": 3.0}\n{"phase": "lm", "loss_en": 2.0}\n')
     with pytest.raises(EvalInputError, match=r"metrics\.jsonl:2: missing field 'step'"):
         plot_loss_curves({"a": p}, tmp_path / "x.png")
+
+
+def test_baselines_of_every_accuracy():
+    r = results()
+    r["knowledge"]["clone"]["majority"] = 0.3
+    r["retrieval"] = {"verses": {"chance": 0.01, "acc": [0.2, 0.3]}}
+    r["transfer"].update(labels=["a", "b", "c", "d"], majority={"clone": 0.35})
+    assert baselines(r) == {
+        "align acc seen (best layer)": {"chance": 0.25},
+        "retrieval verses (best layer)": {"chance": 0.01},
+        "knowledge clone": {"chance": 0.1, "majority": 0.3},
+        "transfer probe en": {"chance": 0.25}, "transfer probe clone": {"chance": 0.25, "majority": 0.35},
+        "transfer finetune en": {"chance": 0.25}, "transfer finetune clone": {"chance": 0.25, "majority": 0.35}}
+    assert set(baselines(r)) <= set(headline(r)) | {"transfer finetune en", "transfer finetune clone"}
+
+
+def test_arm_summary_plot(tmp_path):
+    runs = {"joint": [results(0.5, 30.0), results(0.7, 40.0)], "prealign": [results(1.0, 10.0)]}
+    png = plot_arm_summary(runs, ["ppl clone", "align acc seen (best layer)", "knowledge clone", "absent"],
+                           tmp_path / "s" / "summary.png", title="3m")
+    assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000
+    with pytest.raises(ValueError, match="none of the keys"):
+        plot_arm_summary(runs, ["absent"], tmp_path / "x.png")

@@ -7,6 +7,8 @@
 - :func:`plot_loss_curves`: per-language LM loss (``loss_<lang>`` fields of phase ``lm`` records) over steps,
   one line per arm. :func:`plot_probe_over_training`: alignment probe fields (``probe_<group>_<stat>``, per
   layer lists, see `prealign_scale.alignment.probe.probe_metrics`) over training, one line per layer.
+- :func:`baselines` / :func:`plot_arm_summary`: every accuracy's chance and majority baselines, and the
+  comparison table as bars per arm with each seed a dot and the baselines as lines.
 """
 
 from __future__ import annotations
@@ -320,3 +322,70 @@ def _shade(k: int, n: int) -> tuple[float, float, float]:
 
     r, g, b, _ = colormaps["viridis"](k / max(1, n - 1))
     return (r, g, b)
+
+
+def baselines(results: dict) -> dict[str, dict[str, float]]:
+    """The baselines of one evaluation's accuracies, keyed like :func:`headline`: ``{key: {"chance": x,
+    "majority": y}}`` (majority where the evaluation measured one). Perplexities and cosines have none."""
+    out: dict[str, dict[str, float]] = {}
+    for group, g in ((results.get("probe") or {}).get("groups") or {}).items():
+        out[f"align acc {group} (best layer)"] = {"chance": g["chance"]}
+    for name, r in (results.get("retrieval") or {}).items():
+        out[f"retrieval {name} (best layer)"] = {"chance": r["chance"]}
+    for lang, k in (results.get("knowledge") or {}).items():
+        out[f"knowledge {lang}"] = {name: k[name] for name in ("chance", "majority") if k.get(name) is not None}
+    t = results.get("transfer")
+    if t and t.get("labels"):
+        chance = 1.0 / len(t["labels"])
+        majority = t.get("majority") or {}
+        for kind in ("probe", "finetune"):
+            for lang in [t["train_lang"], *t["linear_probe"]["target"]]:
+                base = {"chance": chance}
+                if lang in majority:
+                    base["majority"] = majority[lang]
+                out[f"transfer {kind} {lang}"] = base
+    return out
+
+
+def plot_arm_summary(runs: dict[str, list[dict]], keys: Sequence[str], out_png: str | Path,
+                     title: str = "") -> Path:
+    """The comparison table as bars: one panel per key, one bar per arm at the mean over its runs (seeds), each
+    run a dot (so the seed spread is visible), and each accuracy's baselines as horizontal lines (dotted:
+    chance, dashed: majority; :func:`baselines`)."""
+    heads = {arm: [headline(r) for r in rs] for arm, rs in runs.items()}
+    base = {}
+    for rs in runs.values():
+        for r in rs:
+            for k, b in baselines(r).items():
+                base.setdefault(k, b)
+    keys = [k for k in keys if any(h.get(k) is not None for hs in heads.values() for h in hs)]
+    if not keys:
+        raise ValueError("plot_arm_summary: none of the keys has a value")
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig = _figure(rows, cols)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    arms = list(heads)
+    for ax, key in zip(axes, keys):
+        for i, arm in enumerate(arms):
+            vals = [h[key] for h in heads[arm] if h.get(key) is not None and not math.isnan(h[key])]
+            if not vals:
+                continue
+            color = _shade(i, len(arms))
+            ax.bar(i, sum(vals) / len(vals), color=color, alpha=0.6)
+            ax.plot([i] * len(vals), vals, "o", color="black", markersize=3)
+        for name, style in (("chance", ":"), ("majority", "--")):
+            if name in base.get(key, {}):
+                ax.axhline(base[key][name], linestyle=style, linewidth=1, color="grey", label=name)
+        if key in base:
+            ax.legend(fontsize="xx-small")
+        ax.set_title(key, fontsize="small")
+        ax.set_xticks(range(len(arms)), arms, rotation=30, fontsize="x-small")
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
