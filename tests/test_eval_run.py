@@ -87,6 +87,37 @@ def test_evaluate_runs_every_section_on_a_run_folder(run_dir, tmp_path):
     assert res["transfer"]["labels"] == ["animal", "colour"] and set(res["transfer"]["finetune"]["target"]) == {"clone"}
 
 
+def test_probe_runs_words_after_bos_as_a_word_bos_run_trained_them(run_dir, tmp_path):
+    """A run trained with align.word_bos is probed the way phase 1 ran its words: after its BOS id (the
+    vectors pool the word only); probe_word_bos overrides the run's setting; a word_bos run whose config
+    records no bos_id is refused with one message."""
+    from prealign_scale.eval.io import EvalInputError
+    from prealign_scale.eval.run_eval import probe_bos_id
+
+    table = AlignmentTable.load(run_dir / "table")
+    view = HFModelView(load_hf_model(run_dir / "hf"))
+    cfg = {"progress": False, "probe_max_pairs": 2000}
+    plain = evaluate(run_dir, cfg)["probe"]  # this run's config has no align section: the words alone
+    assert plain["bos_id"] is None
+    bos_run = tmp_path / "bos_run"
+    bos_run.mkdir()
+    (bos_run / "hf").symlink_to(run_dir / "hf")
+    (bos_run / "config.yaml").write_text(yaml.safe_dump({"data": {"table_dir": str(run_dir / "table")},
+                                                         "align": {"word_bos": True, "bos_id": 0}}))
+    with_bos = evaluate(bos_run, cfg)["probe"]
+    direct = run_probe(view, probe_set_from_table(table, 2000, 0), bos_id=0)
+    assert with_bos["bos_id"] == 0
+    assert with_bos["groups"]["seen"] == direct["groups"]["seen"]
+    assert with_bos["groups"]["unseen"] == direct["groups"]["unseen"]
+    assert evaluate(bos_run, {**cfg, "probe_word_bos": False})["probe"]["groups"]["seen"] == plain["groups"]["seen"]
+    assert probe_bos_id(EvalConfig(), {"align": {"word_bos": True, "bos_id": 0}}) == 0
+    assert probe_bos_id(EvalConfig(), {"align": {"word_bos": False, "bos_id": 0}}) is None
+    assert probe_bos_id(EvalConfig(probe_word_bos=True), {"align": {"bos_id": 3}}) == 3
+    with pytest.raises(EvalInputError, match="records no align.bos_id"):
+        probe_bos_id(EvalConfig(), {"align": {"word_bos": True}})
+    assert direct["groups"]["seen"] != plain["groups"]["seen"]  # the BOS changes what the words' vectors see
+
+
 def test_progress_bar_per_section_that_ran_with_counts(run_dir, tmp_path, capsys):
     """Progress on: stderr shows one bar per section that ran, each with the count of sequences it ran and a
     rate (``N seq/s``, or ``s/seq`` when slower than one a second); a section that did not run has no bar,

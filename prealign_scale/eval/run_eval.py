@@ -63,6 +63,9 @@ class EvalConfig:
     probe_table: str | None = None  # default: the run's data.table_dir; "" turns the table probe off
     probe_pairs: list[dict] = field(default_factory=list)  # [{"path", "src_lang", "tgt_lang", "name"?}] TSV
     probe_max_pairs: int | None = 2000  # per group
+    # words run after the BOS id, as phase 1 trained them with align.word_bos (the vectors never pool it);
+    # null: the run's align.word_bos (and its resolved align.bos_id)
+    probe_word_bos: bool | None = None
     # held-out source-language text (.txt / .jsonl "text", .gz): its multi-token words made of seen tokens
     # form the group "unseen-composed" (English-Clone tables only; probe.composed_pairs)
     probe_composed_text: str | None = None
@@ -186,6 +189,19 @@ def resolve_model_dir(run_or_hf_dir: str | Path, cfg: EvalConfig) -> tuple[Path,
 
 # ------------------------------------------------------------------------------------------------ evaluate
 
+def probe_bos_id(cfg: EvalConfig, run_cfg: dict) -> int | None:
+    """The id the probe's words run after: the run's align.bos_id when it trained phase 1 with align.word_bos
+    (or when probe_word_bos says so), else None (the words alone, as phase 1 ran them without it)."""
+    align = run_cfg.get("align") or {}
+    word_bos = cfg.probe_word_bos if cfg.probe_word_bos is not None else bool(align.get("word_bos"))
+    if not word_bos:
+        return None
+    if align.get("bos_id") is None:
+        raise EvalInputError("probe_word_bos: the run's config.yaml records no align.bos_id (a run trained "
+                             "with align.word_bos records it); set probe_word_bos: false")
+    return int(align["bos_id"])
+
+
 def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = None) -> dict:
     """Run every configured evaluator on the model of a run folder or HF folder (module docstring)."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg or {})
@@ -249,11 +265,14 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         pairs = probe.read_pairs_tsv(item["path"], enc, item["src_lang"], item["tgt_lang"])
         groups[f"tsv:{name}"] = core.subsample(pairs, cfg.probe_max_pairs, cfg.seed)
     if groups:
-        results["probe"] = core.run_probe(view, core.ProbeSet(groups), max(bs, 64), enc.pad_id)
+        bos_id = probe_bos_id(cfg, run_cfg)
+        results["probe"] = core.run_probe(view, core.ProbeSet(groups), max(bs, 64), enc.pad_id, bos_id)
         if composed:  # its own forward batches, so the other groups' numbers are those of a run without it
-            extra = core.run_probe(view, core.ProbeSet({probe.COMPOSED_GROUP: composed}), max(bs, 64), enc.pad_id)
+            extra = core.run_probe(view, core.ProbeSet({probe.COMPOSED_GROUP: composed}), max(bs, 64), enc.pad_id,
+                                   bos_id)
             results["probe"]["groups"][probe.COMPOSED_GROUP] = extra["groups"][probe.COMPOSED_GROUP]
         results["probe"]["table"] = str(table_dir) if table_dir else None
+        results["probe"]["bos_id"] = bos_id
         seconds["probe"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
