@@ -6,7 +6,9 @@ Writes OUT/runs/<run>.json (each run's eval results plus its probe records from 
 enough to commit), OUT/table.md (mean ± half-range over seeds per size and arm, from those JSON files, so
 the table regenerates without re-training: `--from-json`, rows in the sweep's order, byte for byte; its
 columns come from the results, for any language pair: `prealign_scale.eval.report.table_keys`),
-OUT/probe_phases.md (the training probe at init, after phase 1, at the end), and PNG plots: the table as bars
+OUT/probe_phases.md (the training probe at init, after phase 1, at the end), OUT/versus.md (--reference, default
+prealign, against every other arm per size: each difference marked better / worse beyond the seed spread, ≈
+within it), and PNG plots: the table as bars
 per arm with each seed a dot and each accuracy's chance / majority as lines (summary_<size>.png), LM loss per
 language and arm (loss_<size>.png), alignment cosine per layer over training (probe_<size>_<arm>.png; an
 absent axis drops out of the name: loss.png, probe_<arm>.png). The evaluator's probe at init and after phase 1 (with the
@@ -28,6 +30,7 @@ from prealign_scale.eval.report import (
     plot_loss_curves,
     plot_probe_over_training,
     table_keys,
+    versus_markdown,
 )
 from prealign_scale.launch.sweep import expand_sweep, load_sweep
 from prealign_scale.launch.sweep_local import run_dir_of
@@ -99,6 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("sweep")
     p.add_argument("--out", required=True)
     p.add_argument("--from-json", action="store_true", help="rebuild the tables from OUT/runs/*.json only")
+    p.add_argument("--reference", default="prealign",
+                   help="arm that versus.md compares with every other arm, per size (default prealign; "
+                        "skipped when the sweep has no such arm)")
     a = p.parse_args(argv)
     out = Path(a.out)
     rows = from_json(a.sweep, out) if a.from_json else collect(a.sweep, out)
@@ -119,6 +125,12 @@ def main(argv=None) -> int:
         plot_arm_summary(arms, plot_keys, out / plot_name("summary", size),
                          title=f"{size or ''} arms: bars = mean over seeds, dots = runs".strip())
     (out / "probe_phases.md").write_text(probe_phase_table(rows))
+    versus = [f"## {size or 'all runs'}\n\n" + versus_markdown(arms, a.reference, keys)
+              for size, arms in by_size.items() if a.reference in arms and len(arms) > 1]
+    if versus:
+        (out / "versus.md").write_text(
+            f"# {a.reference} against every other arm (better / worse: beyond the seed spread, the difference of "
+            f"the means exceeding the sum of the half-ranges; ≈ within it)\n\n" + "\n".join(versus))
     print((out / "table.md").read_text())
     if not a.from_json:  # plots need the run folders' metrics.jsonl
         specs = {s.name: s for s in expand_sweep(load_sweep(a.sweep))}

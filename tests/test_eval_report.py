@@ -16,6 +16,7 @@ from prealign_scale.eval.report import (
     plot_arm_summary,
     plot_loss_curves,
     plot_probe_over_training,
+    versus_markdown,
     write_results,
 )
 
@@ -119,3 +120,23 @@ def test_arm_summary_plot(tmp_path):
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000
     with pytest.raises(ValueError, match="none of the keys"):
         plot_arm_summary(runs, ["absent"], tmp_path / "x.png")
+
+
+def test_versus_marks_differences_beyond_the_seed_spread():
+    # best-layer acc = max(acc_seen, 0.75) in these results
+    runs = {"prealign": [results(1.0, 10.0), results(0.9, 12.0)],   # acc 0.95 ± 0.05, ppl 11 ± 1
+            "joint": [results(0.5, 30.0), results(0.3, 32.0)],      # acc 0.75 ± 0, ppl 31 ± 1: beyond
+            "shuffled": [results(0.95, 11.5), results(0.85, 13.0)],  # acc 0.9 ± 0.05, ppl 12.25 ± 0.75: within
+            "big": [results(1.0, 5.0)]}                             # one run: no spread
+    md = versus_markdown(runs, "prealign", ["ppl clone", "align acc seen (best layer)", "absent"])
+    assert md == (
+        "| metric | prealign (mean ± half-range) | prealign − joint | prealign − shuffled | prealign − big |\n"
+        "|---|---|---|---|---|\n"
+        "| ppl clone | 11.000 ± 1.000 | -20.000 better | -1.250 ≈ | +6.000 (1 seed) |\n"
+        "| align acc seen (best layer) | 0.950 ± 0.050 | +0.200 better | +0.050 ≈ | -0.050 (1 seed) |\n")
+    worse = versus_markdown({"a": [results(0.1, 50.0), results(0.2, 52.0)],
+                             "b": [results(0.9, 30.0), results(1.0, 32.0)]}, "a",
+                            ["ppl clone", "align acc seen (best layer)"])
+    assert "| +20.000 worse |" in worse and "| -0.200 worse |" in worse
+    with pytest.raises(ValueError, match="no arm 'x'"):
+        versus_markdown(runs, "x", ["ppl clone"])

@@ -23,6 +23,8 @@ def test_from_json_reproduces_the_committed_tables_in_sweep_order(tmp_path, caps
     assert load_launcher("sweep_report").main([str(SWEEP), "--out", str(tmp_path), "--from-json"]) == 0
     assert (tmp_path / "table.md").read_text() == (RESULTS / "table.md").read_text()
     assert (tmp_path / "probe_phases.md").read_text() == (RESULTS / "probe_phases.md").read_text()
+    assert (tmp_path / "versus.md").read_text() == (RESULTS / "versus.md").read_text()
+    assert (tmp_path / "summary_3m.png").is_file() and (tmp_path / "summary_12m.png").is_file()
     # sweep order (3m before 12m), not file-name order
     names = [line.split(" | ")[0][2:] for line in (tmp_path / "probe_phases.md").read_text().splitlines()[2:]]
     assert names[0] == "3m_joint_s1" and names[-1] == "12m_prealign_s1"

@@ -7,6 +7,8 @@
 - :func:`plot_loss_curves`: per-language LM loss (``loss_<lang>`` fields of phase ``lm`` records) over steps,
   one line per arm. :func:`plot_probe_over_training`: alignment probe fields (``probe_<group>_<stat>``, per
   layer lists, see `prealign_scale.alignment.probe.probe_metrics`) over training, one line per layer.
+- :func:`versus_markdown`: one arm (PreAlign) against each other arm, each difference marked better / worse
+  when it exceeds the seed spread, ≈ when it does not.
 - :func:`baselines` / :func:`plot_arm_summary`: every accuracy's chance and majority baselines, and the
   comparison table as bars per arm with each seed a dot and the baselines as lines.
 """
@@ -389,3 +391,51 @@ def plot_arm_summary(runs: dict[str, list[dict]], keys: Sequence[str], out_png: 
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     return out
+
+
+def lower_is_better(key: str) -> bool:
+    """Perplexities are better lower; every other headline number (accuracies, cosine gaps) higher."""
+    return key.startswith("ppl ")
+
+
+def _mean_half_range(vals: Sequence[float]) -> tuple[float, float]:
+    return sum(vals) / len(vals), (max(vals) - min(vals)) / 2
+
+
+def versus_markdown(runs: dict[str, list[dict]], reference: str, keys: Sequence[str]) -> str:
+    """The reference arm against every other arm, per headline number: the reference's ``mean ± half-range``
+    over its runs (seeds), and for each other arm the difference of the means (reference − arm) with a verdict:
+
+    - ``better`` / ``worse``: the reference is ahead / behind by more than the seed spread, i.e. the
+      difference of the means exceeds the sum of the two half-ranges (the seed ranges do not overlap);
+    - ``≈``: within the spread;
+    - ``(1 seed)``: either arm has a single run, so there is no spread to compare with.
+
+    Direction: lower is better for perplexities, higher for everything else (:func:`lower_is_better`)."""
+    if reference not in runs:
+        raise ValueError(f"versus_markdown: no arm {reference!r} (arms: {sorted(runs)})")
+    heads = {arm: [headline(r) for r in rs] for arm, rs in runs.items()}
+    others = [arm for arm in runs if arm != reference]
+    rows = []
+    for key in keys:
+        ref = [h[key] for h in heads[reference] if h.get(key) is not None and not math.isnan(h[key])]
+        if not ref:
+            continue
+        m_ref, hr_ref = _mean_half_range(ref)
+        row = [key, _fmt(m_ref) + (f" ± {_fmt(hr_ref)}" if len(ref) > 1 else "")]
+        for arm in others:
+            vals = [h[key] for h in heads[arm] if h.get(key) is not None and not math.isnan(h[key])]
+            if not vals:
+                row.append("–")
+                continue
+            m, hr = _mean_half_range(vals)
+            diff = m_ref - m
+            if len(ref) < 2 or len(vals) < 2:
+                verdict = "(1 seed)"
+            elif abs(diff) <= hr_ref + hr:
+                verdict = "≈"
+            else:
+                verdict = "better" if (diff < 0) == lower_is_better(key) else "worse"
+            row.append(f"{diff:+.3f} {verdict}" if abs(diff) < 1e4 else f"{diff:+.3g} {verdict}")
+        rows.append(row)
+    return _table(["metric", f"{reference} (mean ± half-range)", *(f"{reference} − {a}" for a in others)], rows)
