@@ -258,3 +258,11 @@ def test_evaluate_adds_the_composed_group_with_known_answers(tmp_path):
     assert without == {k: v for k, v in groups.items() if k != "unseen-composed"}
     with pytest.raises(ValueError, match="probe_composed_text needs the alignment table"):
         evaluate(tmp_path / "hf", {"probe_table": "", "probe_composed_text": str(text)})
+
+
+def test_token_disjoint_groups_keep_pairs_sharing_no_token():
+    from prealign_scale.alignment.probe import ProbePair
+    from prealign_scale.eval.probe import token_disjoint_groups
+
+    same, shares, apart = ProbePair((5, 6), (5, 6)), ProbePair((5, 7), (9, 7)), ProbePair((1,), (2, 3))
+    assert token_disjoint_groups({"seen": [same, shares, apart], "unseen": [same]}) == {"seen-disjoint": [apart]}

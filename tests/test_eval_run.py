@@ -118,6 +118,15 @@ def test_probe_runs_words_after_bos_as_a_word_bos_run_trained_them(run_dir, tmp_
     assert direct["groups"]["seen"] != plain["groups"]["seen"]  # the BOS changes what the words' vectors see
 
 
+def test_token_disjoint_probe_groups(run_dir):
+    """probe_token_disjoint adds `<group>-disjoint` per table group; a Clone table's pairs never share a token
+    id (the Clone ids are offset by V), so there each equals its full group."""
+    res = evaluate(run_dir, {"progress": False, "probe_token_disjoint": True})["probe"]["groups"]
+    assert sorted(res) == ["seen", "seen-disjoint", "unseen", "unseen-disjoint"]
+    assert res["seen-disjoint"] == res["seen"] and res["unseen-disjoint"] == res["unseen"]
+    assert "seen-disjoint" not in evaluate(run_dir, {"progress": False})["probe"]["groups"]
+
+
 def test_progress_bar_per_section_that_ran_with_counts(run_dir, tmp_path, capsys):
     """Progress on: stderr shows one bar per section that ran, each with the count of sequences it ran and a
     rate (``N seq/s``, or ``s/seq`` when slower than one a second); a section that did not run has no bar,

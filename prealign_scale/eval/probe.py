@@ -20,7 +20,7 @@ The same machinery scores sentence retrieval (`prealign_scale.eval.retrieval`): 
 sequence. During training the engine builds a small fixed `ProbeSet` once (`probe_set_from_table`) and
 logs `probe_metrics(run_probe(view, probe_set))` into metrics.jsonl. The core (sets from a table, scoring)
 lives in `prealign_scale.alignment.probe`, below both the engine and the evaluator; this module adds the
-composed-word and TSV groups.
+composed-word, token-disjoint (`token_disjoint_groups`) and TSV groups.
 """
 
 from __future__ import annotations
@@ -37,6 +37,23 @@ from prealign_scale.eval.io import EvalInputError, read_tsv
 from prealign_scale.eval.text import TextEncoder
 
 COMPOSED_GROUP = "unseen-composed"  # multi-token words never trained as a whole, made of seen tokens
+DISJOINT_SUFFIX = "-disjoint"  # a group's pairs whose two words share no token id
+
+
+def token_disjoint_groups(groups: dict[str, list[ProbePair]]) -> dict[str, list[ProbePair]]:
+    """``<group>-disjoint`` for each group: its pairs whose source and target share no token id.
+
+    In a real pair many translations are spelt (nearly) alike, names above all (``aaron`` / ``aarón`` share
+    a token, ``abarim`` / ``abarim`` are identical): a model that never aligned anything already retrieves
+    those from the shared tokens, which lifts every arm's ``seen`` / ``unseen`` retrieval alike. The disjoint
+    subgroup (its own candidates: the disjoint targets) measures alignment that shared spelling cannot give.
+    A group with no such pair gets no subgroup."""
+    out = {}
+    for name, pairs in groups.items():
+        kept = [p for p in pairs if not set(p.src) & set(p.tgt)]
+        if kept:
+            out[name + DISJOINT_SUFFIX] = kept
+    return out
 
 
 def mid_sentence_words(texts: Iterable[str], tokenizer: Any) -> list[str]:

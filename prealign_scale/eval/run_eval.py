@@ -66,6 +66,8 @@ class EvalConfig:
     # words run after the BOS id, as phase 1 trained them with align.word_bos (the vectors never pool it);
     # null: the run's align.word_bos (and its resolved align.bos_id)
     probe_word_bos: bool | None = None
+    # also score each table group's pairs that share no token id (``seen-disjoint``, ...; probe.token_disjoint_groups)
+    probe_token_disjoint: bool = False
     # held-out source-language text (.txt / .jsonl "text", .gz): its multi-token words made of seen tokens
     # form the group "unseen-composed" (English-Clone tables only; probe.composed_pairs)
     probe_composed_text: str | None = None
@@ -250,7 +252,10 @@ def evaluate(run_or_hf_dir: str | Path, eval_cfg: EvalConfig | dict | None = Non
         _resolve((run_cfg.get("data") or {}).get("table_dir"), run_dir)
     if table_dir:
         table = AlignmentTable.load(table_dir)
-        groups.update(core.probe_set_from_table(table, cfg.probe_max_pairs, cfg.seed).groups)
+        table_groups = core.probe_set_from_table(table, cfg.probe_max_pairs, cfg.seed).groups
+        groups.update(table_groups)
+        if cfg.probe_token_disjoint:
+            groups.update(probe.token_disjoint_groups(table_groups))
         if cfg.probe_composed_text:
             pairs = probe.composed_pairs(table, enc, _read_texts(cfg.probe_composed_text))
             if not pairs:
