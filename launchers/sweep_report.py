@@ -119,13 +119,13 @@ def main(argv=None) -> int:
         by_size.setdefault(labels.get("size"), {}).setdefault(labels.get("arm") or r["name"], []).append(r["results"])
     keys = table_keys([r["results"] for r in rows])
     (out / "table.md").write_text(compare_markdown(groups, keys))
-    # the table as bars per size (each seed a dot, baselines as lines); knowledge baselines are lines there
+    (out / "probe_phases.md").write_text(probe_phase_table(rows))
+    # the table as bars per size / versus the reference (knowledge baselines: lines in the plots, not compared)
     plot_keys = [k for k in keys if not k.endswith((" majority", " subject-blind"))]
     for size, arms in by_size.items():
         plot_arm_summary(arms, plot_keys, out / plot_name("summary", size),
                          title=f"{size or ''} arms: bars = mean over seeds, dots = runs".strip())
-    (out / "probe_phases.md").write_text(probe_phase_table(rows))
-    versus = [f"## {size or 'all runs'}\n\n" + versus_markdown(arms, a.reference, keys)
+    versus = [f"## {size or 'all runs'}\n\n" + versus_markdown(arms, a.reference, plot_keys)
               for size, arms in by_size.items() if a.reference in arms and len(arms) > 1]
     if versus:
         (out / "versus.md").write_text(
