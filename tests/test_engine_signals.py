@@ -9,6 +9,7 @@ it exits; SIGTERM to the bare `deepspeed` command (which dies at once) is notice
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -177,7 +178,11 @@ def test_sigterm_to_the_launcher_checkpoints_before_it_exits(tmp_path):
     assert len(ranks) >= 2 and not any(p.is_running() for p in ranks), "a rank outlived the supervisor"
     first = read_metrics(run_dir)
     tag = f"lm-step{first[-1]['step']:08d}"
-    assert f"SIGTERM received: checkpoint {run_dir / 'checkpoints' / tag} saved; exiting" in out, out[-6000:]
+    # both ranks get the signal; on a loaded machine one of them may see it a step before the other, and then
+    # the agreed reason names that rank (`SIGTERM received by rank 0`, engine/loop.describe_stop)
+    said = re.search(r"SIGTERM received(?: by ranks? [\d, ]+)?: checkpoint (\S+) saved; exiting", out)
+    assert said, "\n".join(line for line in out.splitlines() if "arn" not in line)[-6000:]
+    assert said.group(1) == str(run_dir / "checkpoints" / tag), said.group(0)
     assert (run_dir / "checkpoints/latest").read_text() == tag
     assert (run_dir / "checkpoints" / tag / "COMPLETE").stat().st_mtime <= t_exit  # written before the exit
     assert not (run_dir / "DONE").exists()
