@@ -35,3 +35,16 @@ def test_probe_phase1_markdown_regenerates_from_the_committed_json(tmp_path, cap
     assert load_launcher("probe_phase1").main([str(SWEEP), "--json", str(RESULTS / "probe_phase1.json"),
                                                "--markdown", str(md), "--from-json"]) == 0
     assert md.read_text() == (RESULTS / "probe_phase1.md").read_text()
+
+
+def test_real_pair_tables_regenerate_from_the_committed_json(tmp_path, capsys):
+    results = ROOT / "docs" / "results" / "real_pair_en_es"
+    shutil.copytree(results / "runs", tmp_path / "runs")
+    sweep = ROOT / "configs" / "repro" / "real_pair_en_es.sweep.yaml"
+    assert load_launcher("sweep_report").main([str(sweep), "--out", str(tmp_path), "--from-json"]) == 0
+    for name in ("table.md", "probe_phases.md", "versus.md"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
+    # the control arm is in every table, and the page quotes the generated versus table
+    assert "| 3m shuffled (n=2) |" in (results / "table.md").read_text()
+    versus_3m = (results / "versus.md").read_text().split("## 3m\n\n")[1].split("\n\n")[0]
+    assert versus_3m.strip().splitlines()[2] in (ROOT / "docs" / "results" / "real_pair_en_es.md").read_text()
