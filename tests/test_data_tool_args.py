@@ -113,15 +113,12 @@ def test_make_english_clone_out_is_a_file(tool, paths, capsys):
 
 def test_make_eval_sets_out_is_a_file_and_fact_corpus_a_folder(tool, paths, capsys):
     main = tool("make_eval_sets")
-    rc = main(["--out", str(paths["file"])])
-    assert rc == 2
-    line = one_error_line(capsys)
-    assert line.startswith(f"error: {paths['file']}: is a file, not a folder")
-    record_case("data tools", "make_eval_sets.py --out naming an existing file", "exit 2, one line",
-                exit_line(rc, line))
-    rc = main(["--fact-corpus", str(paths["dir"])])
-    assert rc == 2
-    line = one_error_line(capsys)
-    assert line.startswith(f"error: {paths['dir']}: is a folder, not a file")
-    record_case("data tools", "make_eval_sets.py --fact-corpus naming a folder", "exit 2, one line",
-                exit_line(rc, line))
+    for flag, path, what, case in [
+        ("--out", paths["file"], "is a file, not a folder", "make_eval_sets.py --out naming an existing file"),
+        ("--fact-corpus", paths["dir"], "is a folder, not a file", "make_eval_sets.py --fact-corpus naming a folder"),
+    ]:
+        rc = main([flag, str(path)])
+        assert rc == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"error: {path}: {what}")
+        record_case("data tools", case, "exit 2, one line", exit_line(rc, line))

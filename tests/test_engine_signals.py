@@ -73,13 +73,19 @@ def wait_for_training(procs: list[subprocess.Popen], run_dir: Path) -> None:
         time.sleep(0.2)
 
 
-def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
-    data = tiny_data  # tests/conftest.py
+def start_training_job(tmp_path: Path, data) -> tuple[Path, Path, list[subprocess.Popen]]:
+    """A 2-rank LM job (srun-style tasks) on `data` with no step limit, once it has logged two steps:
+    (run folder, config file, the tasks)."""
     run_dir = tmp_path / "run"
     config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
                               lm={"steps": 100000})
     procs = start_slurm_tasks(config, free_port())
     wait_for_training(procs, run_dir)
+    return run_dir, config, procs
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
+    run_dir, config, procs = start_training_job(tmp_path, tiny_data)  # tiny_data: tests/conftest.py
     for p in procs:
         p.send_signal(signal.SIGTERM)
     results = finish(procs)
@@ -105,12 +111,7 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path, tiny_data):
 def test_second_job_is_refused_and_a_signal_to_rank_1_is_named(tmp_path, tiny_data):
     """Issue 9 items 2 and 7, on one running job: a second job on the same run.out_dir exits 2 with one line and
     writes nothing; then SIGTERM reaches rank 1 only, and rank 0 reports that (not `run.stop_after reached`)."""
-    data = tiny_data  # tests/conftest.py
-    run_dir = tmp_path / "run"
-    config = write_run_config(tmp_path / "cfg.yaml", data, run_dir, run={"phase": "lm", "export_hf": False},
-                              lm={"steps": 100000})
-    procs = start_slurm_tasks(config, free_port())
-    wait_for_training(procs, run_dir)
+    run_dir, config, procs = start_training_job(tmp_path, tiny_data)
     config_before = (run_dir / "config.yaml").read_text()
     second = subprocess.run([sys.executable, "launchers/pretrain.py", "--config", str(config), "lm.steps=3"],
                             check=False,

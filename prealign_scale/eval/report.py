@@ -178,6 +178,10 @@ def table_keys(runs: Sequence[dict]) -> list[str]:
     return [k for k in keys if k in have]
 
 
+def _mean_half_range(vals: Sequence[float]) -> tuple[float, float]:
+    return sum(vals) / len(vals), (max(vals) - min(vals)) / 2
+
+
 def compare_markdown(runs: dict[str, list[dict]], keys: Sequence[str] | None = None) -> str:
     """One row per arm: ``mean ± half-range`` over its runs (seeds) of each headline number."""
     heads = {arm: [headline(r) for r in rs] for arm, rs in runs.items()}
@@ -193,7 +197,8 @@ def compare_markdown(runs: dict[str, list[dict]], keys: Sequence[str] | None = N
             elif len(vals) == 1:
                 row.append(_fmt(vals[0]))
             else:
-                row.append(f"{_fmt(sum(vals) / len(vals))} ± {_fmt((max(vals) - min(vals)) / 2)}")
+                mean, half_range = _mean_half_range(vals)
+                row.append(f"{_fmt(mean)} ± {_fmt(half_range)}")
         rows.append(row)
     return _table(["arm", *keys], rows)
 
@@ -374,7 +379,7 @@ def plot_arm_summary(runs: dict[str, list[dict]], keys: Sequence[str], out_png: 
             if not vals:
                 continue
             color = _shade(i, len(arms))
-            ax.bar(i, sum(vals) / len(vals), color=color, alpha=0.6)
+            ax.bar(i, _mean_half_range(vals)[0], color=color, alpha=0.6)
             ax.plot([i] * len(vals), vals, "o", color="black", markersize=3)
         for name, style in (("chance", ":"), ("majority", "--")):
             if name in base.get(key, {}):
@@ -396,10 +401,6 @@ def plot_arm_summary(runs: dict[str, list[dict]], keys: Sequence[str], out_png: 
 def lower_is_better(key: str) -> bool:
     """Perplexities are better lower; every other headline number (accuracies, cosine gaps) higher."""
     return key.startswith("ppl ")
-
-
-def _mean_half_range(vals: Sequence[float]) -> tuple[float, float]:
-    return sum(vals) / len(vals), (max(vals) - min(vals)) / 2
 
 
 def versus_markdown(runs: dict[str, list[dict]], reference: str, keys: Sequence[str]) -> str:
